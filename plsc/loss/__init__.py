@@ -1,0 +1,4 @@
+"""Losses; importing the package registers them in LOSSES."""
+from plsc.loss.margin import MarginLoss
+
+__all__ = ["MarginLoss"]

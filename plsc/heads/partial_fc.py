@@ -1,0 +1,203 @@
+"""Partial FC: the class-centre table sharded by class across ranks, sampled per step.
+
+Each rank holds the centres of classes [class_start, class_start + num_local_classes) (PLSC's
+shard rule), all-gathers the batch's embeddings and labels, keeps every centre of its shard that
+is a positive in the global batch plus random negatives (Partial FC, An et al. 2021,
+arXiv:2010.05222), and returns the cosine logits of the global batch against those centres.
+The centres are not trained by autograd into `weight`: backward fills `sampled_weight.grad`,
+and the sparse optimizer writes the update back into the rows `sampled_index` of `weight`.
+"""
+import math
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle.utils import unique_name
+
+from plsc import distributed
+from plsc.errors import PlscError
+from plsc.registry import HEADS
+
+INIT_STD = 0.01  # PLSC and arcface_torch draw the centres from N(0, 0.01)
+# Rows generated per seeded block: a shard draws only the blocks it overlaps, so no rank ever
+# materialises the full table, and the rows do not depend on the world size.
+INIT_BLOCK_ROWS = 4096
+
+
+def shard_range(num_classes, world_size, rank):
+    """(class_start, num_local_classes) of `rank`: the first C % W ranks hold one extra class."""
+    base, extra = divmod(num_classes, world_size)
+    return base * rank + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+def init_class_centers(seed, start, stop, embedding_size):
+    """Rows [start, stop) of the full N(0, INIT_STD) class-centre table of `seed`: [stop-start, D] float32."""
+    rows = np.empty((stop - start, embedding_size), dtype=np.float32)
+    for block in range(start // INIT_BLOCK_ROWS, (stop - 1) // INIT_BLOCK_ROWS + 1):
+        # spawn_key keeps these streams apart from the sampling generator seeded with `seed + rank`.
+        block_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
+        block_rows = block_rng.standard_normal((INIT_BLOCK_ROWS, embedding_size), dtype=np.float32)
+        block_start = block * INIT_BLOCK_ROWS
+        first, last = max(start, block_start), min(stop, block_start + INIT_BLOCK_ROWS)
+        rows[first - start:last - start] = block_rows[first - block_start:last - block_start] * INIT_STD
+    return rows
+
+
+def num_sampled_classes(sample_ratio, num_local_classes):
+    """S = ceil(ratio * C_local), at least 1.
+
+    PLSC uses int(ratio * C_local); ceil differs by at most one row and guarantees the sampled
+    fraction is never below the requested ratio, even on tiny shards where int() would give 0.
+    The product is rounded first so that e.g. 0.3 * 10 = 3.0000000000000004 gives 3, not 4.
+    """
+    return max(1, math.ceil(round(sample_ratio * num_local_classes, 6)))
+
+
+def sample_class_centers(labels_global, class_start, num_local_classes, num_sample, rng):
+    """Sorted shard rows to use this step: every positive of the batch, then random negatives up to num_sample.
+
+    labels_global: [N] int64 class ids -> [max(num_sample, num_positives)] int64 rows of the shard.
+    """
+    shard_labels = np.asarray(labels_global, dtype=np.int64) - class_start
+    positives = np.unique(shard_labels[(shard_labels >= 0) & (shard_labels < num_local_classes)])
+    num_negatives = num_sample - positives.size
+    if num_negatives <= 0:  # all positives are kept even when they outnumber num_sample
+        return positives
+    is_positive = np.zeros(num_local_classes, dtype=bool)
+    is_positive[positives] = True
+    negatives = rng.choice(np.flatnonzero(~is_positive), size=num_negatives, replace=False)
+    return np.sort(np.concatenate([positives, negatives]))
+
+
+def remap_labels(labels_global, sampled_index, class_start):
+    """Column of each label's class in `sampled_index`, or -1 when it is not among this shard's rows.
+
+    labels_global: [N] int64 class ids, sampled_index: [S] sorted int64 shard rows -> [N] int64.
+    """
+    shard_labels = labels_global - class_start
+    columns = paddle.searchsorted(sampled_index, shard_labels)
+    # searchsorted returns S for labels past the last row: clip only to read a row, never to match.
+    row_at_column = paddle.gather(sampled_index, columns.clip(max=sampled_index.shape[0] - 1))
+    return paddle.where(row_at_column == shard_labels, columns, paddle.full_like(columns, -1))
+
+
+def cosine_logits(embeddings, centers):
+    """Cosine of every embedding with every centre: [N, D] x [S, D] -> [N, S] float32 in [-1, 1]."""
+    cosines = paddle.matmul(F.normalize(embeddings, axis=1), F.normalize(centers, axis=1), transpose_y=True)
+    if cosines.dtype != paddle.float32:  # fp16 under AMP on GPU; the margin loss needs float32
+        cosines = cosines.astype("float32")
+    # Rounding can push a normalised dot product a hair past +-1, where acos is undefined.
+    return paddle.clip(cosines, -1.0, 1.0)
+
+
+@HEADS.register("PartialFC")
+class PartialFC(nn.Layer):
+    """Class-centre shard of this rank with per-step sampling; returns cosine logits of the global batch.
+
+    forward(embeddings [n_local, D], labels [n_local] int64)
+      -> (cos_logits [N_global, S_local] float32, local_labels [N_global] int64, -1 = not on this rank)
+    """
+
+    def __init__(self, num_classes, embedding_size, sample_ratio=1.0, model_parallel=False, seed=2022):
+        super().__init__()
+        world, rank = distributed.world_size(), distributed.rank()
+        if num_classes < 1 or embedding_size < 1:
+            raise PlscError(f"Model.class_num ({num_classes}) and Model.num_features ({embedding_size}) "
+                            "must be >= 1")
+        if not 0.0 < sample_ratio <= 1.0:
+            raise PlscError(f"Model.pfc_config.sample_ratio must be in (0, 1], got {sample_ratio}")
+        if model_parallel and num_classes < world:
+            raise PlscError(f"Model.class_num ({num_classes}) is smaller than the number of ranks ({world}); "
+                            "every rank needs at least one class with model_parallel")
+        self.num_classes = num_classes
+        self.embedding_size = embedding_size
+        self.sample_ratio = sample_ratio
+        self.model_parallel = model_parallel
+        self.seed = seed
+        # Replicated: every rank holds all classes and runs the identical step (same samples).
+        self.class_start, self.num_local_classes = (
+            shard_range(num_classes, world, rank) if model_parallel else (0, num_classes))
+        self.num_sample = num_sampled_classes(sample_ratio, self.num_local_classes)
+
+        # PLSC's gradient clipping skips parameters whose name contains 'dist' (no_clip_list).
+        name = f"partialfc_dist_rank_{rank:05d}" if model_parallel else "partialfc"
+        self.weight = self.create_parameter(
+            [self.num_local_classes, embedding_size],
+            attr=paddle.ParamAttr(name=unique_name.generate(name) + ".w"),
+            default_initializer=nn.initializer.Constant(0.0))
+        self.weight.set_value(init_class_centers(seed, self.class_start,
+                                                 self.class_start + self.num_local_classes, embedding_size))
+        # Updated only by the sparse optimizer through sampled_weight.grad; never all-reduced.
+        self.weight.stop_gradient = True
+        self.weight.is_distributed = model_parallel and world > 1
+
+        self._rng = np.random.default_rng(seed + rank if model_parallel else seed)
+        # Kept in a plain dict: a Tensor attribute of a Layer would be registered as a buffer.
+        self._last_step = {"sampled_index": None, "sampled_weight": None}
+
+    @property
+    def replicated(self):
+        """True when every rank holds the whole class table (model_parallel=False)."""
+        return not self.model_parallel
+
+    @property
+    def sampled_index(self):
+        """Rows of this rank's shard used by the last forward: [S_local] int64, sorted."""
+        return self._last_step["sampled_index"]
+
+    @property
+    def sampled_weight(self):
+        """Leaf copy of those rows from the last forward, [S_local, D]; backward fills its .grad."""
+        return self._last_step["sampled_weight"]
+
+    @property
+    def use_fused_ops(self):
+        """Paddle's fused class_center_sample is used on GPU only; the numpy path is the reference."""
+        return paddle.device.get_device().startswith("gpu")
+
+    def rng_state(self):
+        """State of the negative-sampling generator (a picklable dict) for exact resume."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        self._rng.bit_generator.state = state
+
+    def forward(self, embeddings, labels):
+        # Sharded: each rank's rows reach the loss only through its shard, so their gradients are
+        # summed over ranks. Replicated: every rank already has the full gradient.
+        embeddings_global = distributed.all_gather_with_grad(embeddings, sum_grads=self.model_parallel)
+        labels_global = distributed.all_gather(labels.reshape([-1]).astype("int64"))
+        sampled_index = self._sample(labels_global)
+        sampled_weight = self._gather_centers(sampled_index)
+        self._last_step.update(sampled_index=sampled_index, sampled_weight=sampled_weight)
+        local_labels = remap_labels(labels_global, sampled_index, self.class_start)
+        return cosine_logits(embeddings_global, sampled_weight), local_labels
+
+    def _sample(self, labels_global):
+        """Sorted rows of the shard used this step: [S] int64."""
+        if self.sample_ratio >= 1.0:
+            return paddle.arange(self.num_local_classes, dtype="int64")
+        if self.use_fused_ops and self.model_parallel:
+            return self._fused_sample(labels_global)
+        index = sample_class_centers(labels_global.numpy(), self.class_start, self.num_local_classes,
+                                     self.num_sample, self._rng)
+        return paddle.to_tensor(index, dtype="int64")
+
+    def _fused_sample(self, labels_global):
+        # Paddle's kernel draws from Paddle's global RNG (checkpointed by the trainer), not self._rng.
+        # Its remapped labels index the concatenation of all ranks' samples and its index is not
+        # sorted (positives first), so only the rows are taken and remapped like the basic path.
+        # group=False: a single process has no communicator; None: the default (all ranks) group.
+        group = None if distributed.world_size() > 1 else False
+        _, index = F.class_center_sample(labels_global, self.num_local_classes, self.num_sample, group=group)
+        return paddle.sort(index)
+
+    def _gather_centers(self, sampled_index):
+        """A fresh leaf [S, D] of the sampled rows for the sparse optimizer (a view of the shard at ratio 1.0)."""
+        if self.sample_ratio >= 1.0:
+            centers = self.weight.detach()  # all rows: share the storage instead of copying it
+        else:
+            centers = paddle.gather(self.weight, sampled_index)
+        centers.stop_gradient = False
+        return centers

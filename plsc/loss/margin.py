@@ -1,0 +1,123 @@
+"""Combined margin softmax cross-entropy (SphereFace m1, ArcFace m2, CosFace m3, scale s).
+
+The logits may be sharded by class across ranks (model parallel): the softmax normaliser and
+the target logit are then assembled with collectives, so no rank ever holds a full row.
+"""
+import math
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from plsc import distributed
+from plsc.errors import PlscError
+from plsc.registry import LOSSES
+
+# acos has an infinite derivative at +-1; clipping keeps the target gradient finite.
+ACOS_CLIP_EPS = 1e-7
+
+
+def margined_target_cosine(cos_target, m1, m2, m3):
+    """cos(m1*theta + m2) - m3 elementwise, kept monotone beyond m1*theta + m2 = pi: [...] -> [...].
+
+    Past theta_max = (pi - m2) / m1 the cosine of the margined angle would rise again and reward
+    a worse target. There we continue linearly in cos(theta): cos(theta) - (1 + cos(theta_max)),
+    which meets the arc at -1 (continuous), keeps decreasing in theta and has slope 1 in
+    cos(theta). This is the ArcFace paper's `cos(theta) - m2*sin(m2)` fallback (insightface
+    arcface_torch) shifted so that it does not jump down at the threshold (by ~0.12 for m2 = 0.5).
+    Monotone for m1 > 0 and m2 >= 0.
+    """
+    if m1 == 1.0 and m2 == 0.0:
+        # CosFace needs no angle: exact value and gradient even at |cos| = 1.
+        return cos_target - m3
+    theta = paddle.acos(paddle.clip(cos_target, -1.0 + ACOS_CLIP_EPS, 1.0 - ACOS_CLIP_EPS))
+    margined = paddle.cos(m1 * theta + m2)
+    theta_max = (math.pi - m2) / m1
+    if theta_max < math.pi:
+        fallback = cos_target - (1.0 + math.cos(theta_max))
+        margined = paddle.where(theta <= theta_max, margined, fallback)
+    return margined - m3
+
+
+def margin_logits(cos, labels, m1, m2, m3, s):
+    """Scaled logits with the combined margin on each row's target column.
+
+    cos: [N, S] float cosines, labels: [N] int64 column of the target, -1 when the row's target is
+    not among these columns -> [N, S]: s * (cos(m1*theta + m2) - m3) on the target, s * cos elsewhere.
+    """
+    labels = labels.reshape([-1, 1])
+    has_target = (labels >= 0).astype(cos.dtype)
+    cos_target = paddle.take_along_axis(cos, labels.clip(min=0), axis=1)
+    margin_shift = (margined_target_cosine(cos_target, m1, m2, m3) - cos_target) * has_target
+    target_mask = F.one_hot(labels.clip(min=0).reshape([-1]), cos.shape[1]).astype(cos.dtype)
+    return s * (cos + target_mask * margin_shift)
+
+
+def model_parallel_softmax_cross_entropy(logits_local, labels_local, model_parallel):
+    """Mean softmax cross-entropy over rows whose columns may be sharded across ranks: scalar.
+
+    logits_local: [N, S_local], labels_local: [N] int64 column of the target on this rank or -1
+    (each row's target lives on exactly one rank). model_parallel=False: plain softmax CE, no
+    collectives. The result is identical on every rank.
+    """
+    labels_local = labels_local.reshape([-1, 1])
+    # The loss does not depend on the shift (its gradient through the max cancels), so no grad.
+    row_max = logits_local.max(axis=1, keepdim=True).detach()
+    if model_parallel:
+        distributed.all_reduce(row_max, "max")
+    shifted = logits_local - row_max
+    sum_exp = paddle.exp(shifted).sum(axis=1, keepdim=True)
+    target_here = (labels_local >= 0).astype(shifted.dtype)
+    target_shifted = paddle.take_along_axis(shifted, labels_local.clip(min=0), axis=1) * target_here
+    if model_parallel:
+        sum_exp = distributed.all_reduce_sum_with_grad(sum_exp)
+        target_shifted = distributed.all_reduce_sum_with_grad(target_shifted)
+    return (paddle.log(sum_exp) - target_shifted).mean()
+
+
+def sampled_global_labels(labels_local, num_local_columns):
+    """Labels as columns of the concatenation of all ranks' logits (rank order): [N] int64 -> [N] int64.
+
+    labels_local: [N] column on this rank or -1; every row's target is on exactly one rank.
+    """
+    offsets = distributed.all_gather(paddle.to_tensor([num_local_columns], dtype="int64")).numpy()
+    offset = int(offsets[:distributed.rank()].sum())
+    labels_local = labels_local.reshape([-1])
+    global_labels = paddle.where(labels_local >= 0, labels_local + offset, paddle.full_like(labels_local, -1))
+    return distributed.all_reduce(global_labels, "max")
+
+
+@LOSSES.register("MarginLoss")
+class MarginLoss(nn.Layer):
+    """Combined margin softmax CE: (cos_logits [N, S_local], labels_local [N] int64) -> scalar float32."""
+
+    def __init__(self, m1=1.0, m2=0.5, m3=0.0, s=64.0, model_parallel=False):
+        super().__init__()
+        if m1 <= 0 or s <= 0:
+            raise PlscError(f"MarginLoss: m1 ({m1}) and s ({s}) must be > 0")
+        if m2 < 0:
+            raise PlscError(f"MarginLoss: m2 ({m2}) must be >= 0 (a negative angular margin is not monotone)")
+        self.m1, self.m2, self.m3, self.s = float(m1), float(m2), float(m3), float(s)
+        self.model_parallel = model_parallel
+
+    @property
+    def use_fused_ops(self):
+        """Paddle's fused margin_cross_entropy has GPU kernels only; the composed path is the reference."""
+        return paddle.device.get_device().startswith("gpu")
+
+    def forward(self, cos_logits, labels_local):
+        cos = cos_logits if cos_logits.dtype == paddle.float32 else cos_logits.astype("float32")
+        if self.use_fused_ops and self.model_parallel:
+            return self._fused_loss(cos, labels_local)
+        logits = margin_logits(cos, labels_local, self.m1, self.m2, self.m3, self.s)
+        return model_parallel_softmax_cross_entropy(logits, labels_local, self.model_parallel)
+
+    def _fused_loss(self, cos, labels_local):
+        # Paddle's kernel applies cos(m1*theta + m2) without the monotone continuation above, so
+        # it differs from the reference only for targets with m1*theta + m2 > pi (rare, and only
+        # early in training). It wants each row's label as a column of all ranks' logits.
+        # group=False: a single process has no communicator; None: the default (all ranks) group.
+        group = None if distributed.world_size() > 1 else False
+        labels = sampled_global_labels(labels_local, cos.shape[1])
+        return F.margin_cross_entropy(cos, labels, margin1=self.m1, margin2=self.m2, margin3=self.m3,
+                                      scale=self.s, group=group, reduction="mean")
