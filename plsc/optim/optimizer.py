@@ -1,0 +1,275 @@
+"""The training optimizer: Paddle's Momentum / AdamW for the backbone, row-sparse updates for the class shard.
+
+`build_optimizer(Optimizer config, dense parameters, sparse heads, lr)` returns a `FaceOptimizer`.
+Its `step()` runs, in this order:
+  1. all-reduce (sum) of the dense gradients across ranks,
+  2. clipping by global norm (`Optimizer.grad_clip`),
+  3. the dense update (paddle.optimizer.Momentum / AdamW),
+  4. the sparse update of each head's sampled class-centre rows (never all-reduced: each rank
+     owns its shard).
+
+A sparse head is any object with `weight` [C_local, D] (a Parameter with stop_gradient=True),
+`sampled_index` [S] int64 (unique rows) and `sampled_weight` [S, D] whose `.grad` is the gradient
+of those rows; optionally `model_parallel` (default True: the rows' gradients differ per rank).
+
+The registered optimizers (`Momentum`, `AdamW`) are the update rules with PLSC's config keys; each
+knows how to build the dense Paddle optimizer and how to update sparse rows.
+"""
+import paddle
+
+from plsc import distributed
+from plsc.errors import PlscError
+from plsc.optim.grad_clip import build_grad_clip
+from plsc.optim.sparse_momentum import sparse_adamw_update, sparse_momentum_update
+from plsc.registry import OPTIMIZERS
+
+
+def name_patterns(value):
+    """A config list of name substrings: None -> [], 'a b' -> ['a', 'b'], a list stays a list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split()
+    return list(value)
+
+
+def named_parameters(parameters):
+    """[(names, parameter)] from Parameters or (structured name, Parameter) pairs.
+
+    Name patterns (no_weight_decay_name, no_clip_list) match the structured name when one is
+    given, and always Paddle's own `parameter.name` (what PLSC matched).
+    """
+    named = []
+    for item in parameters:
+        if isinstance(item, (tuple, list)):
+            structured_name, parameter = item
+            named.append(((structured_name, parameter.name), parameter))
+        else:
+            named.append(((item.name,), item))
+    return named
+
+
+class UpdateRule:
+    """What the registered optimizers share: weight decay, its exemptions and the gradient clip."""
+
+    def __init__(self, weight_decay, grad_clip, no_weight_decay_name):
+        self.weight_decay = float(weight_decay)
+        self.grad_clip = build_grad_clip(grad_clip)
+        self.no_weight_decay_name = name_patterns(no_weight_decay_name)
+
+    def decays(self, names):
+        """False when any of a parameter's `names` contains a `no_weight_decay_name` string."""
+        return not any(pattern in name for pattern in self.no_weight_decay_name for name in names)
+
+
+@OPTIMIZERS.register("Momentum")
+class Momentum(UpdateRule):
+    """Momentum SGD with L2 weight decay folded into the gradient: v = mu*v + g + wd*p; p -= lr*v.
+
+    `use_master_param` keeps an fp32 copy of fp16 parameters (Paddle's multi_precision); under
+    O1 the parameters are fp32 already, so it only matters for fp16 parameters.
+    """
+
+    sparse_state_names = ("velocity",)
+
+    def __init__(self, momentum=0.9, weight_decay=0.0, use_master_param=True, grad_clip=None,
+                 no_weight_decay_name=None):
+        super().__init__(weight_decay, grad_clip, no_weight_decay_name)
+        self.momentum = float(momentum)
+        self.use_master_param = bool(use_master_param)
+
+    def build_dense(self, named, lr):
+        decayed = [parameter for names, parameter in named if self.decays(names)]
+        exempt = [parameter for names, parameter in named if not self.decays(names)]
+        # A group's own weight_decay overrides the optimizer's (the L2 coefficient of Momentum).
+        groups = [group for group in ({"params": decayed}, {"params": exempt, "weight_decay": 0.0})
+                  if group["params"]]
+        return paddle.optimizer.Momentum(learning_rate=lr, momentum=self.momentum, parameters=groups,
+                                         weight_decay=self.weight_decay,
+                                         multi_precision=self.use_master_param)
+
+    def new_sparse_state(self, weight):
+        return {"velocity": paddle.zeros_like(weight)}
+
+    def update_sparse(self, weight, state, index, grad_rows, lr, weight_decay):
+        sparse_momentum_update(weight, state["velocity"], index, grad_rows, lr, self.momentum, weight_decay)
+
+
+@OPTIMIZERS.register("AdamW")
+class AdamW(UpdateRule):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p *= 1 - lr*wd before the Adam step.
+
+    PLSC passed a fixed eps of 1e-8 and ignored the configs' `epsilon` key; we honour it (the
+    shipped configs set 1e-8, so they train the same). The class-centre rows use a row-sparse
+    AdamW whose bias correction counts each row's own updates (see sparse_adamw_update).
+    """
+
+    sparse_state_names = ("moment1", "moment2", "row_steps")
+
+    def __init__(self, betas=(0.9, 0.999), epsilon=1e-8, weight_decay=0.01, use_master_param=False,
+                 grad_clip=None, no_weight_decay_name=None):
+        super().__init__(weight_decay, grad_clip, no_weight_decay_name)
+        if len(betas) != 2:
+            raise PlscError(f"Optimizer.betas needs two numbers (beta1, beta2), got {betas}")
+        self.beta1, self.beta2 = (float(beta) for beta in betas)
+        self.epsilon = float(epsilon)
+        self.use_master_param = bool(use_master_param)
+
+    def build_dense(self, named, lr):
+        exempt = {parameter.name for names, parameter in named if not self.decays(names)}
+        return paddle.optimizer.AdamW(learning_rate=lr, beta1=self.beta1, beta2=self.beta2,
+                                      epsilon=self.epsilon, parameters=[parameter for _, parameter in named],
+                                      weight_decay=self.weight_decay,
+                                      apply_decay_param_fun=lambda name: name not in exempt,
+                                      multi_precision=self.use_master_param)
+
+    def new_sparse_state(self, weight):
+        return {"moment1": paddle.zeros_like(weight), "moment2": paddle.zeros_like(weight),
+                "row_steps": paddle.zeros([weight.shape[0]], dtype="int64")}
+
+    def update_sparse(self, weight, state, index, grad_rows, lr, weight_decay):
+        sparse_adamw_update(weight, state["moment1"], state["moment2"], state["row_steps"], index, grad_rows,
+                            lr, self.beta1, self.beta2, self.epsilon, weight_decay)
+
+
+def head_key(position):
+    """Key of a head's sparse state. Not the weight's name: that embeds the rank ('..._rank_00003'),
+    and a checkpoint resharded to another world size must still find its state."""
+    return f"head{position}"
+
+
+class FaceOptimizer:
+    """Dense (data-parallel) plus row-sparse (model-parallel) optimizer behind one step()."""
+
+    def __init__(self, rule, dense_parameters, sparse_heads, lr):
+        self.rule = rule
+        self.lr = float(lr)
+        self.dense_named = [(names, parameter) for names, parameter in named_parameters(dense_parameters)
+                            if not parameter.stop_gradient]
+        self.heads = {head_key(position): head for position, head in enumerate(sparse_heads)}
+        self.dense = rule.build_dense(self.dense_named, self.lr) if self.dense_named else None
+        # head key -> {state name: tensor whose first axis runs over the shard's rows}; made lazily.
+        self.sparse_state = {}
+
+    # ---- learning rate ----------------------------------------------------------------------
+    def set_lr(self, lr):
+        self.lr = float(lr)
+        if self.dense is not None:
+            self.dense.set_lr(self.lr)
+
+    def get_lr(self):
+        return self.lr
+
+    # ---- gradients --------------------------------------------------------------------------
+    def dense_gradients(self):
+        """[(names, grad)] of the dense parameters that received a gradient."""
+        return [(names, parameter.grad) for names, parameter in self.dense_named if parameter.grad is not None]
+
+    def sparse_gradients(self):
+        """[(names, grad rows [S, D], head)] of the heads that were used since the last clear_grad."""
+        found = []
+        for head in self.heads.values():
+            rows = head.sampled_weight
+            if rows is not None and rows.grad is not None:
+                found.append(((head.weight.name,), rows.grad, head))
+        return found
+
+    def named_gradients(self):
+        """[(name, grad)] of every gradient the next step() uses (for the loss scaler)."""
+        dense = [(names[-1], grad) for names, grad in self.dense_gradients()]
+        return dense + [(names[-1], grad) for names, grad, _ in self.sparse_gradients()]
+
+    def clear_grad(self):
+        if self.dense is not None:
+            self.dense.clear_grad()
+        for head in self.heads.values():
+            if head.sampled_weight is not None:
+                head.sampled_weight.clear_gradient(False)  # None, not zeros: "no rows to update"
+
+    # ---- the step ---------------------------------------------------------------------------
+    @paddle.no_grad()
+    def step(self):
+        """All-reduce dense grads, clip, update the dense parameters, then the sampled rows."""
+        dense = self.dense_gradients()
+        for _, grad in dense:
+            # SUM, not mean: the loss is already a mean over the global batch, and the embedding
+            # all-gather's backward hands each rank the gradient of its own samples only, so the
+            # per-rank gradients are disjoint parts of one total and add up to it.
+            distributed.all_reduce(grad, "sum")
+        sparse = self.sparse_gradients()
+        if self.rule.grad_clip is not None:
+            sharded = [(names, grad) for names, grad, head in sparse if getattr(head, "model_parallel", True)]
+            replicated = [(names, grad) for names, grad, head in sparse
+                          if not getattr(head, "model_parallel", True)]
+            self.rule.grad_clip(dense + replicated, sharded)
+        if self.dense is not None:
+            self.dense.step()
+        for key, head in self.heads.items():
+            if head.sampled_weight is None or head.sampled_weight.grad is None:
+                continue
+            weight_decay = self.rule.weight_decay if self.rule.decays((head.weight.name,)) else 0.0
+            self.rule.update_sparse(head.weight, self._sparse_state(key, head.weight), head.sampled_index,
+                                    head.sampled_weight.grad, self.lr, weight_decay)
+
+    def _sparse_state(self, key, weight):
+        if key not in self.sparse_state:
+            self.sparse_state[key] = self.rule.new_sparse_state(weight)
+        return self.sparse_state[key]
+
+    # ---- state ------------------------------------------------------------------------------
+    def dense_state_dict(self):
+        """Paddle's optimizer state of the dense parameters (the same on every rank: saved once)."""
+        return self.dense.state_dict() if self.dense is not None else {}
+
+    def sparse_state_dict(self):
+        """{head key: {state name: [C_local, ...] tensor}}: this rank's rows, saved per rank."""
+        return {key: dict(state) for key, state in self.sparse_state.items()}
+
+    def state_dict(self):
+        return {"dense": self.dense_state_dict(), "sparse": self.sparse_state_dict()}
+
+    def set_dense_state_dict(self, state):
+        # Paddle keys the state by parameter name: the model must be built in the same order.
+        if self.dense is not None:
+            self.dense.set_state_dict(state)
+
+    def set_sparse_state_dict(self, state):
+        for key, tables in state.items():
+            if key not in self.heads:
+                raise PlscError(f"optimizer checkpoint has sparse state for '{key}', but the model has "
+                                f"{len(self.heads)} class-centre head(s)")
+            expected = set(self.rule.sparse_state_names)
+            if set(tables) != expected:
+                raise PlscError(f"optimizer checkpoint: sparse state of '{key}' has {sorted(tables)}, "
+                                f"{type(self.rule).__name__} needs {sorted(expected)}")
+            rows = self.heads[key].weight.shape[0]
+            loaded = {}
+            for name, table in tables.items():
+                table = table.clone() if isinstance(table, paddle.Tensor) else paddle.to_tensor(table)
+                if table.shape[0] != rows:
+                    raise PlscError(f"optimizer checkpoint: '{key}.{name}' has {table.shape[0]} rows, "
+                                    f"this rank's class shard has {rows}")
+                loaded[name] = table
+            self.sparse_state[key] = loaded
+
+    def set_state_dict(self, state):
+        self.set_dense_state_dict(state["dense"])
+        self.set_sparse_state_dict(state["sparse"])
+
+
+def build_optimizer(optimizer_config, dense_parameters, sparse_heads, lr):
+    """`Optimizer` config section -> FaceOptimizer over the backbone parameters and the heads' shards.
+
+    dense_parameters: Parameters, or (structured name, Parameter) pairs; sparse_heads: see the module
+    docstring; lr: the learning rate of step 0.
+    """
+    kwargs = dict(optimizer_config)
+    name = kwargs.pop("name", None)
+    if name is None:
+        raise PlscError("Optimizer.name is missing")
+    known = OPTIMIZERS.parameters(name)
+    for key in kwargs:
+        if key not in known:
+            raise PlscError(f"unknown key Optimizer.{key} for {name}; known: {', '.join(known)}")
+    rule = OPTIMIZERS.build(name, where="Optimizer.name", **kwargs)
+    return FaceOptimizer(rule, dense_parameters, sparse_heads, lr)
