@@ -1,0 +1,2 @@
+"""Dataset classes, registered by the names configs use."""
+from plsc.data.dataset import face_identification, face_verification  # noqa: F401
