@@ -22,7 +22,8 @@ def launch(script, args=(), nproc=2, log_dir=None, timeout=600):
     log_dir = Path(log_dir)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    env["CUDA_VISIBLE_DEVICES"] = ""
+    # An empty CUDA_VISIBLE_DEVICES makes the launcher see one GPU with a blank id; unset it instead.
+    env.pop("CUDA_VISIBLE_DEVICES", None)
     command = [sys.executable, "-m", "paddle.distributed.launch", f"--nproc_per_node={nproc}",
                f"--log_dir={log_dir}", str(script), *map(str, args)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

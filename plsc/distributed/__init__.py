@@ -118,3 +118,16 @@ def all_reduce_sum_with_grad(tensor):
     if world_size() == 1:
         return tensor
     return _AllReduceSumWithGrad.apply(tensor)
+
+
+def broadcast_parameters(parameters, src=0):
+    """Make every rank start from `src`'s values (data-parallel replicas must be identical)."""
+    if world_size() == 1:
+        return
+    for param in parameters:
+        dist.broadcast(param, src=src)
+
+
+def local_rank():
+    """This process's index among the ranks of its node (its GPU id)."""
+    return int(os.environ.get("PADDLE_LOCAL_RANK", os.environ.get("PADDLE_RANK_IN_NODE", "0")))

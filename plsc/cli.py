@@ -1,0 +1,69 @@
+"""Console entry points `plsc-train` and `plsc-eval` (PLSC's flags: -c CONFIG, -o Key.sub=value)."""
+import argparse
+import sys
+
+from plsc.errors import PlscError
+
+
+def parse_args(prog, description, argv):
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-c", "--config", required=True, help="YAML config file")
+    parser.add_argument("-o", "--override", action="append", default=[],
+                        help="override a config key, e.g. -o Global.epochs=2 (repeatable)")
+    parser.add_argument("-p", "--profiler_options", default=None,
+                        help="accepted for PLSC compatibility; Paddle's profiler is not wired in")
+    return parser.parse_args(argv)
+
+
+def run_reporting_user_errors(prog, function):
+    """Run `function`; a PlscError (the user's mistake) becomes one line on stderr and exit code 2."""
+    try:
+        function()
+    except PlscError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:  # noqa: BLE001 - DataLoader workers re-raise user errors as plain exceptions
+        message = _user_error_from_worker(error)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _user_error_from_worker(error):
+    """The PlscError message inside an exception Paddle's DataLoader re-raised from a worker, if any."""
+    text = str(error)
+    marker = "PlscError: "
+    if marker not in text:
+        return None
+    return text.split(marker, 1)[1].strip().splitlines()[0]
+
+
+def train_main(argv=None):
+    args = parse_args("plsc-train", "Train a face recognition model.", argv)
+
+    def run():
+        from plsc.config import format_config, load_config
+        from plsc.engine.trainer import Trainer
+
+        config = load_config(args.config, args.override)
+        trainer = Trainer(config)
+        trainer.logger.info("config:\n" + format_config(config))
+        trainer.train()
+
+    run_reporting_user_errors("plsc-train", run)
+
+
+def eval_main(argv=None):
+    args = parse_args("plsc-eval", "Evaluate a saved model on the config's verification sets.", argv)
+
+    def run():
+        from plsc.config import load_config
+        from plsc.engine.evaluate import evaluate_saved_model
+
+        config = load_config(args.config, args.override)
+        results = evaluate_saved_model(config)
+        for name, figures in results.items():
+            print(f"{name}: " + ", ".join(f"{key}: {value:.5f}" for key, value in figures.items()))
+
+    run_reporting_user_errors("plsc-eval", run)

@@ -1,0 +1,110 @@
+"""Training log: PLSC-style lines on stdout and in `train.log`, scalars to VisualDL."""
+import datetime
+import logging
+import os
+import sys
+import time
+
+from plsc import distributed
+
+
+class SmoothedValue:
+    """Average of the values seen since the last reset (one print interval)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, value, count=1):
+        self.total += float(value) * count
+        self.count += count
+
+    @property
+    def average(self):
+        return self.total / max(self.count, 1)
+
+
+def get_logger(log_file=None):
+    """The `plsc` logger: rank 0 prints, every rank may write its own file."""
+    logger = logging.getLogger("plsc")
+    if getattr(logger, "_plsc_configured", False):
+        return logger
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    formatter = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    if distributed.is_main_process():
+        stream = logging.StreamHandler(sys.stdout)
+        stream.setFormatter(formatter)
+        logger.addHandler(stream)
+    if log_file:
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger._plsc_configured = True
+    return logger
+
+
+class TrainLogger:
+    """Collects per-step figures and prints one line every `print_batch_step` steps."""
+
+    def __init__(self, logger, print_batch_step, total_steps, global_batch_size, visualdl_dir=None):
+        self.logger = logger
+        self.print_batch_step = max(1, int(print_batch_step))
+        self.total_steps = total_steps
+        self.global_batch_size = global_batch_size
+        self.meters = {name: SmoothedValue() for name in ("batch_cost", "reader_cost")}
+        self.losses = {}
+        self.writer = None
+        if visualdl_dir and distributed.is_main_process():
+            from visualdl import LogWriter
+
+            self.writer = LogWriter(logdir=visualdl_dir)
+
+    def record(self, global_step, epoch, epochs, step_in_epoch, steps_per_epoch, lr, losses,
+               batch_cost, reader_cost, loss_scale=None):
+        self.meters["batch_cost"].update(batch_cost)
+        self.meters["reader_cost"].update(reader_cost)
+        for name, value in losses.items():
+            self.losses.setdefault(name, SmoothedValue()).update(value)
+        if self.writer is not None:
+            for name, value in losses.items():
+                self.writer.add_scalar(f"train/{name}", value, global_step)
+            self.writer.add_scalar("train/lr", lr, global_step)
+        if global_step % self.print_batch_step != 0:
+            return
+        cost = self.meters["batch_cost"].average
+        eta = datetime.timedelta(seconds=int(cost * max(self.total_steps - global_step, 0)))
+        loss_text = ", ".join(f"{name}: {meter.average:.5f}" for name, meter in self.losses.items())
+        scale_text = f", loss_scale: {loss_scale:.1f}" if loss_scale is not None else ""
+        self.logger.info(
+            f"[Train] epoch: {epoch + 1}/{epochs}, step: {step_in_epoch}/{steps_per_epoch}, "
+            f"global_step: {global_step}, lr: {lr:.6f}, {loss_text}{scale_text}, "
+            f"batch_cost: {cost:.5f}s, reader_cost: {self.meters['reader_cost'].average:.5f}s, "
+            f"ips: {self.global_batch_size / max(cost, 1e-9):.2f} images/sec, eta: {eta}")
+        for meter in (*self.meters.values(), *self.losses.values()):
+            meter.reset()
+
+    def scalars(self, prefix, values, global_step):
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{name}", value, global_step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Timer:
+    """Seconds since the last `lap()`."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self):
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed

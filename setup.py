@@ -1,0 +1,34 @@
+"""plsc: large-scale face recognition on PaddlePaddle 3.x."""
+from setuptools import find_packages, setup
+
+setup(
+    name="plsc",
+    version="3.0.0",
+    description="Large-scale face recognition (Partial FC, model-parallel margin softmax) on PaddlePaddle 3.x",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["plsc", "plsc.*"]),
+    install_requires=[
+        # The CPU wheel by default; GPU users install Paddle's GPU wheel first (see README).
+        "paddlepaddle>=3.0",
+        "numpy",
+        "opencv-python-headless",
+        "pyyaml",
+        "tqdm",
+        "visualdl",
+        "scikit-learn",
+        "scikit-image",
+        "matplotlib",
+        "onnx",
+        "onnxruntime",
+        "paddle2onnx>=2.0",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "plsc-train=plsc.cli:train_main",
+            "plsc-eval=plsc.cli:eval_main",
+        ]
+    },
+)
