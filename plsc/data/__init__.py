@@ -1,7 +1,6 @@
 """Datasets, transforms and loaders built from a `DataLoader.Train` / `DataLoader.Eval` section."""
-from paddle.io import DataLoader
-
 from plsc.data import dataset  # noqa: F401  (fills the DATASETS registry)
+from plsc.data.loader import CheckedLoader
 from plsc.data.sampler import SAMPLERS
 from plsc.errors import PlscError
 from plsc.registry import DATASETS
@@ -28,7 +27,5 @@ def build_loader(dataset, sampler_section, loader_section, seed=0):
         sampler_kwargs["seed"] = seed
     batch_sampler = SAMPLERS[name](dataset, **sampler_kwargs)
     loader_kwargs = dict(loader_section or {})
-    return DataLoader(dataset, batch_sampler=batch_sampler,
-                      num_workers=int(loader_kwargs.get("num_workers", 0)),
-                      use_shared_memory=bool(loader_kwargs.get("use_shared_memory", True)),
-                      return_list=True)
+    return CheckedLoader(dataset, batch_sampler, num_workers=int(loader_kwargs.get("num_workers", 0)),
+                         use_shared_memory=bool(loader_kwargs.get("use_shared_memory", True)))

@@ -20,10 +20,8 @@ def prepare_synthetic_data(config, logger):
     if distributed.is_main_process():
         from plsc.data.synthetic import ensure_quickstart_data
 
-        logger.info(f"synthetic data: {section.root} (generated on first use)")
-        ensure_quickstart_data(section.root, num_classes=section.num_classes,
-                               images_per_class=section.images_per_class, num_pairs=section.num_pairs,
-                               seed=section.seed, num_workers=section.get("num_workers", 1))
+        # Every key of the section is a keyword of ensure_quickstart_data (the schema lists them).
+        ensure_quickstart_data(**dict(section), log=logger.info)
     distributed.barrier()
 
 
@@ -61,7 +59,7 @@ class Trainer:
         if glob.get("max_train_step"):
             self.total_steps = min(self.total_steps, int(glob.max_train_step))
         self.schedule = build_lr_schedule(config.LRScheduler, self.epochs, self.steps_per_epoch)
-        self.optimizer = build_optimizer(config.Optimizer, self.backbone.parameters(), [self.head],
+        self.optimizer = build_optimizer(config.Optimizer, self.backbone.named_parameters(), [self.head],
                                          lr=self.schedule.lr_at(0))
         self.amp = build_amp(config.get("FP16"))
         self.evaluator = build_evaluator(config) if glob.get("eval_during_train", True) else None
@@ -107,6 +105,18 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self):
+        """Run to the end; a data error stops the run after saving the progress made so far."""
+        try:
+            return self._train()
+        except PlscError as error:
+            if distributed.world_size() > 1 or self.state["global_step"] == (self.last_saved_step or 0):
+                raise  # other ranks wait in a collective: saving would hang, the launcher stops them
+            self.save("latest")
+            path = os.path.join(self.checkpoints.directory, "latest")
+            raise PlscError(f"{error} -- stopped at global step {self.state['global_step']}; progress saved: "
+                            f"fix the data, then resume with -o Global.checkpoint={path}") from None
+
+    def _train(self):
         self.logger.info(f"training {self.config.Model.name} on {self.device}, {distributed.world_size()} "
                          f"rank(s), {self.steps_per_epoch} steps/epoch, {self.total_steps} steps")
         sampler = self.train_loader.batch_sampler

@@ -138,6 +138,24 @@ def head_key(position):
     return f"head{position}"
 
 
+def rename_state(state, renames):
+    """Paddle optimizer state with each parameter-name prefix replaced by renames[prefix]."""
+    def renamed(key):
+        # Longest match first: 'fc_1.w_0' must not claim 'fc_11.w_0_velocity_0'.
+        for old in sorted(renames, key=len, reverse=True):
+            if key == old or key.startswith(old + "_"):
+                return renames[old] + key[len(old):]
+        return key
+
+    result = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            result[key] = {renamed(name): tensor for name, tensor in value.items()}
+        else:
+            result[renamed(key)] = value
+    return result
+
+
 class FaceOptimizer:
     """Dense (data-parallel) plus row-sparse (model-parallel) optimizer behind one step()."""
 
@@ -218,8 +236,18 @@ class FaceOptimizer:
 
     # ---- state ------------------------------------------------------------------------------
     def dense_state_dict(self):
-        """Paddle's optimizer state of the dense parameters (the same on every rank: saved once)."""
-        return self.dense.state_dict() if self.dense is not None else {}
+        """Paddle's optimizer state of the dense parameters (the same on every rank: saved once).
+
+        Paddle keys the state by parameter name ('conv2d_14.w_0_velocity_0'), and those names
+        depend on how many layers the process built before; the checkpoint keys it by the
+        structured name ('stages.0.conv.weight_velocity_0') so any process can load it.
+        """
+        if self.dense is None:
+            return {}
+        return rename_state(self.dense.state_dict(), self._paddle_to_structured())
+
+    def _paddle_to_structured(self):
+        return {names[-1]: names[0] for names, _ in self.dense_named if len(names) == 2}
 
     def sparse_state_dict(self):
         """{head key: {state name: [C_local, ...] tensor}}: this rank's rows, saved per rank."""
@@ -231,7 +259,8 @@ class FaceOptimizer:
     def set_dense_state_dict(self, state):
         # Paddle keys the state by parameter name: the model must be built in the same order.
         if self.dense is not None:
-            self.dense.set_state_dict(state)
+            structured_to_paddle = {structured: name for name, structured in self._paddle_to_structured().items()}
+            self.dense.set_state_dict(rename_state(state, structured_to_paddle))
 
     def set_sparse_state_dict(self, state):
         for key, tables in state.items():

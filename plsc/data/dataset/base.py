@@ -2,6 +2,7 @@
 import numpy as np
 from paddle.io import Dataset
 
+from plsc.data.loader import BadSample
 from plsc.data.transforms import build_transforms
 from plsc.errors import PlscError
 
@@ -44,7 +45,8 @@ class FaceImageDataset(Dataset):
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, index):
+    def read_sample(self, index):
+        """(image float32 [3, H, W], label int64) of sample `index`; a PlscError names its source."""
         # One generator per (seed, epoch, sample): augmentation is independent of worker count
         # and repeats exactly after a resume.
         rng = np.random.default_rng((self.seed, self.epoch, int(index)))
@@ -53,3 +55,10 @@ class FaceImageDataset(Dataset):
         except PlscError as error:
             raise PlscError(f"{self.describe(index)}: {error}") from None
         return image, np.int64(self.labels[index])
+
+    def __getitem__(self, index):
+        # Never raise here: in a loader worker the error would lose its message (see plsc.data.loader).
+        try:
+            return self.read_sample(index)
+        except PlscError:
+            return BadSample(index)

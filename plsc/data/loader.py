@@ -1,0 +1,56 @@
+"""A DataLoader that reports a bad sample (missing or undecodable file) as a PlscError in the main process.
+
+Paddle's DataLoader re-raises a worker's exception from a background thread, and the training loop
+only sees "Blocking queue is killed". So a dataset does not raise in a worker: it returns a
+`BadSample`, `collate_checked` turns a batch holding one into a marker batch, and `CheckedLoader`
+re-reads the first bad sample in the main process, where the dataset's own PlscError (naming the
+file and label-list line or record key) surfaces normally.
+"""
+import numpy as np
+from paddle.io import DataLoader
+
+from plsc.errors import PlscError
+
+
+class BadSample:
+    """Stands in for sample `index`, which could not be read or decoded in a worker."""
+
+    def __init__(self, index):
+        self.index = int(index)
+
+
+def collate_checked(samples):
+    """[(image, label)] -> [images [N, ...], labels [N]], or a marker [zeros [1, 1], bad indices] if any is bad."""
+    bad = [sample.index for sample in samples if isinstance(sample, BadSample)]
+    if bad:
+        return [np.zeros([1, 1], dtype=np.float32), np.asarray(bad, dtype=np.int64)]
+    return [np.stack([np.asarray(field) for field in column]) for column in zip(*samples)]
+
+
+class CheckedLoader:
+    """Iterates (images, labels) like the DataLoader it wraps; raises the PlscError of a bad sample."""
+
+    def __init__(self, dataset, batch_sampler, num_workers=0, use_shared_memory=True):
+        self.dataset = dataset
+        self.batch_sampler = batch_sampler
+        self.loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                                 use_shared_memory=use_shared_memory, collate_fn=collate_checked,
+                                 return_list=True)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            if images.ndim == 2:  # the marker batch of collate_checked
+                self.raise_for(int(labels[0]))
+            yield images, labels
+
+    def raise_for(self, index):
+        """Read sample `index` here, so its PlscError is raised in the main process."""
+        try:
+            self.dataset.read_sample(index)
+        except PlscError:
+            raise
+        raise PlscError(f"{self.dataset.describe(index)}: could not be loaded in a loader worker, but "
+                        "loads in the main process (flaky storage?)")
