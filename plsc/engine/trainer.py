@@ -66,7 +66,8 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.output_dir, glob.get("max_num_latest_checkpoint", 0),
                                              self.logger)
         self.last_saved_step = None
-        self.state = {"epoch": 0, "global_step": 0, "batches_done_in_epoch": 0, "best_metric": None}
+        self.state = {"epoch": 0, "global_step": 0, "batches_done_in_epoch": 0, "best_metric": None,
+                      "global_batch_size": self.train_loader.batch_sampler.global_batch_size}
         paddle.seed(self.seed + distributed.rank())  # dropout / drop-path differ per rank
         self.train_logger = TrainLogger(
             self.logger, glob.print_batch_step, self.total_steps,
@@ -81,6 +82,7 @@ class Trainer:
                                                       self.optimizer, self.amp.scaler)
             if self.evaluator is not None and "evaluator" in extra:
                 self.evaluator.set_state_dict(extra["evaluator"])
+            self._adapt_position_to_batch_size()
             self.logger.info(f"resumed from {glob.checkpoint} at epoch {self.state['epoch'] + 1}, "
                              f"global step {self.state['global_step']}")
         elif glob.get("pretrained_model") and not glob.get("finetune", False):
@@ -90,6 +92,20 @@ class Trainer:
                 raise PlscError(f"Global.pretrained_model not found: {path}")
             load_backbone_state(self.backbone, paddle.load(path), path)
             self.logger.info(f"backbone initialised from {path}")
+
+    def _adapt_position_to_batch_size(self):
+        """Resuming with another global batch (e.g. on another number of ranks): keep the position in
+        samples, so the epoch continues where it stopped and the LR schedule at the same progress."""
+        saved = self.state.get("global_batch_size")
+        current = self.train_loader.batch_sampler.global_batch_size
+        self.state["global_batch_size"] = current
+        if saved is None or saved == current:
+            return
+        samples_done = self.state["batches_done_in_epoch"] * saved
+        self.state["batches_done_in_epoch"] = min(samples_done // current, self.steps_per_epoch)
+        self.state["global_step"] = self.state["epoch"] * self.steps_per_epoch + self.state["batches_done_in_epoch"]
+        self.logger.info(f"global batch changed from {saved} to {current}: continuing at sample {samples_done} "
+                         f"of epoch {self.state['epoch'] + 1} (global step {self.state['global_step']})")
 
     # ---- one step -----------------------------------------------------------------------------
     def train_step(self, images, labels):
