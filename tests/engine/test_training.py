@@ -84,3 +84,15 @@ def test_pretrained_model_warm_starts_the_backbone_only(tmp_path, data_root):
     assert warm.state["global_step"] == 0
     for key, value in warm.backbone.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), source.backbone.state_dict()[key].numpy(), err_msg=key)
+
+
+def test_visualdl_scalars_and_log_lines(tmp_path, data_root):
+    trainer = make_trainer(tmp_path, data_root, ["Global.use_visualdl=True", "Global.max_train_step=3",
+                                                 "Global.print_batch_step=1"])
+    trainer.train()
+    vdl_files = list((tmp_path / "output" / "vdl").rglob("vdlrecords.*"))
+    assert vdl_files and vdl_files[0].stat().st_size > 0
+    log = (tmp_path / "output" / "IResNet" / "train.log").read_text()
+    for step in (1, 2, 3):
+        assert f"global_step: {step}," in log
+    assert "ips:" in log and "eta:" in log and "lr:" in log
