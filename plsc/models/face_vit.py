@@ -3,7 +3,7 @@ import paddle
 import paddle.nn as nn
 
 from plsc.errors import PlscError
-from plsc.models.layers import DropPath, init_constant, init_trunc_normal
+from plsc.models.layers import DropPath, check_data_format, init_constant, init_trunc_normal, to_layout
 from plsc.registry import MODELS
 
 IMAGE_SIZE = 112
@@ -87,11 +87,15 @@ class FaceViT(nn.Layer):
     head. PLSC treats its config value as an on/off switch and always drops 10% (keeps 129);
     here the ratio is taken literally, so PLSC's `mask_ratio: 0.05` keeps 136 tokens and
     `mask_ratio=0.1` reproduces PLSC.
+
+    `data_format` is the layout of the patch-embedding conv only (the tokens are the same either
+    way); it is accepted so that every backbone takes the `Model.data_format` key export sets.
     """
 
-    def __init__(self, *, num_features=512, embed_dim=256, depth=12, num_heads=8, mlp_ratio=4.0,
-                 drop_path_rate=0.0, mask_ratio=0.0):
+    def __init__(self, *, num_features=512, data_format="NCHW", embed_dim=256, depth=12, num_heads=8,
+                 mlp_ratio=4.0, drop_path_rate=0.0, mask_ratio=0.0):
         super().__init__()
+        self.data_format = check_data_format(data_format)
         if not 0.0 <= mask_ratio < 1.0:
             raise PlscError(f"Model.mask_ratio: {mask_ratio} must be in [0, 1)")
         if not 0.0 <= drop_path_rate < 1.0:
@@ -101,7 +105,7 @@ class FaceViT(nn.Layer):
         self.keep_count = int(self.num_tokens * (1.0 - mask_ratio))
         self.mask_ratio = mask_ratio
 
-        self.patch_embed = nn.Conv2D(3, embed_dim, PATCH_SIZE, stride=PATCH_SIZE)
+        self.patch_embed = nn.Conv2D(3, embed_dim, PATCH_SIZE, stride=PATCH_SIZE, data_format=data_format)
         self.pos_embed = self.create_parameter([1, self.num_tokens, embed_dim])
         self.mask_token = self.create_parameter([1, 1, embed_dim])
         # Stochastic depth grows linearly with depth (0 for the first block).
@@ -128,9 +132,16 @@ class FaceViT(nn.Layer):
     def masking(self):
         return self.training and self.mask_ratio > 0.0
 
+    def patch_tokens(self, images):
+        """images: [N, 3, 112, 112] -> patch embeddings [N, L, D], patches in row-major order."""
+        patches = self.patch_embed(to_layout(images, self.data_format))
+        if self.data_format == "NHWC":
+            return patches.flatten(1, 2)  # [N, 12, 12, D] -> [N, L, D]
+        return patches.flatten(2).transpose([0, 2, 1])  # [N, D, 12, 12] -> [N, L, D]
+
     def forward(self, images):
-        """images: [N, 3, 112, 112] float32 -> [N, num_features]."""
-        tokens = self.patch_embed(images).flatten(2).transpose([0, 2, 1]) + self.pos_embed  # [N, L, D]
+        """images: [N, 3, 112, 112] float32 (always NCHW) -> [N, num_features]."""
+        tokens = self.patch_tokens(images) + self.pos_embed  # [N, L, D]
         if self.masking():
             tokens, restore = random_token_keep(tokens, self.keep_count)
         tokens = self.norm(self.blocks(tokens))
@@ -139,30 +150,31 @@ class FaceViT(nn.Layer):
         return self.feature(tokens.flatten(1))
 
 
-def face_vit(num_features, drop_path_rate, mask_ratio, embed_dim, depth):
-    return FaceViT(num_features=num_features, embed_dim=embed_dim, depth=depth, num_heads=8, mlp_ratio=4.0,
-                   drop_path_rate=drop_path_rate, mask_ratio=mask_ratio)
+def face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim, depth):
+    """PLSC's FaceViT sizes differ only in width and depth (8 heads, MLP ratio 4 throughout)."""
+    return FaceViT(num_features=num_features, data_format=data_format, embed_dim=embed_dim, depth=depth,
+                   num_heads=8, mlp_ratio=4.0, drop_path_rate=drop_path_rate, mask_ratio=mask_ratio)
 
 
 @MODELS.register("FaceViT_tiny_patch9_112")
-def face_vit_tiny(*, num_features=512, drop_path_rate=0.0, mask_ratio=0.0):
+def face_vit_tiny(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
     """FaceViT-T: width 256, 12 blocks, 8 heads."""
-    return face_vit(num_features, drop_path_rate, mask_ratio, embed_dim=256, depth=12)
+    return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=256, depth=12)
 
 
 @MODELS.register("FaceViT_small_patch9_112")
-def face_vit_small(*, num_features=512, drop_path_rate=0.0, mask_ratio=0.0):
+def face_vit_small(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
     """FaceViT-S: width 512, 12 blocks, 8 heads."""
-    return face_vit(num_features, drop_path_rate, mask_ratio, embed_dim=512, depth=12)
+    return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=512, depth=12)
 
 
 @MODELS.register("FaceViT_base_patch9_112")
-def face_vit_base(*, num_features=512, drop_path_rate=0.0, mask_ratio=0.0):
+def face_vit_base(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
     """FaceViT-B: width 512, 24 blocks, 8 heads."""
-    return face_vit(num_features, drop_path_rate, mask_ratio, embed_dim=512, depth=24)
+    return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=512, depth=24)
 
 
 @MODELS.register("FaceViT_large_patch9_112")
-def face_vit_large(*, num_features=512, drop_path_rate=0.0, mask_ratio=0.0):
+def face_vit_large(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
     """FaceViT-L: width 768, 24 blocks, 8 heads."""
-    return face_vit(num_features, drop_path_rate, mask_ratio, embed_dim=768, depth=24)
+    return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=768, depth=24)

@@ -1,7 +1,8 @@
-"""MobileFaceNet (Chen et al. 2018, as scaled in insightface/PLSC): MobileFaceNet_base and _large."""
+"""MobileFaceNet (Chen et al. 2018, as scaled in insightface/PLSC): MobileFaceNet, _base and _large."""
 import paddle
 import paddle.nn as nn
 
+from plsc.errors import PlscError
 from plsc.models.layers import ConvBN, check_data_format, init_kaiming_fan_out, to_layout, to_nchw
 from plsc.registry import MODELS
 
@@ -54,17 +55,29 @@ class GDCEmbedding(nn.Layer):
         return self.features(self.fc(paddle.flatten(pooled, 1)))
 
 
+def check_shape_arguments(blocks, scale):
+    """PlscError unless `blocks` is four positive residual counts and `scale` a positive integer."""
+    if len(blocks) != 4 or any(not isinstance(count, int) or count < 1 for count in blocks):
+        raise PlscError(f"Model.blocks: {list(blocks)} must be four positive residual-block counts")
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise PlscError(f"Model.scale: {scale!r} must be a positive integer width multiplier")
+
+
 class MobileFaceNet(nn.Layer):
     """images [N, 3, 112, 112] in [-1, 1] -> embedding [N, num_features] (BN output).
 
     `blocks` are the residual counts of the four stages; `scale` multiplies the stage widths
-    (64 and 128 at scale 1), while the inner (expansion) widths 64/128/256/512 stay fixed:
-    base = blocks (1, 4, 6, 2) at scale 2 gives widths 128 and 256 as listed in PLSC_FACTS.
+    (64 and 128 at scale 1), while the inner (expansion) widths 64/128/256/512 stay fixed.
+    The defaults are the paper's network (Chen et al. 2018: 0.99M parameters and 221M MAdds with
+    its 128-d embedding); base = blocks (1, 4, 6, 2) at scale 2 gives widths 128 and 256 as in
+    PLSC_FACTS (insightface's "mbf", 0.45 GFLOPs).
     """
 
-    def __init__(self, *, num_features=512, data_format="NCHW", blocks=(1, 4, 6, 2), scale=2):
+    def __init__(self, *, num_features=512, data_format="NCHW", blocks=(1, 4, 6, 2), scale=1):
         super().__init__()
         self.data_format = check_data_format(data_format)
+        blocks = tuple(blocks)
+        check_shape_arguments(blocks, scale)
         narrow, wide = 64 * scale, 128 * scale
         if blocks[0] == 1:
             # A single grouped conv (64 groups) rather than a one-block residual stage.
@@ -88,6 +101,9 @@ class MobileFaceNet(nn.Layer):
     def forward(self, images):
         """images: [N, 3, 112, 112] float32 (always NCHW) -> [N, num_features]."""
         return self.embedding(self.body(to_layout(images, self.data_format)))
+
+
+MODELS.register("MobileFaceNet")(MobileFaceNet)
 
 
 @MODELS.register("MobileFaceNet_base")

@@ -74,3 +74,53 @@ def assert_finite_gradients(model, inputs, unused=()):
     for name, param in trainable:
         assert np.isfinite(param.grad.numpy()).all(), name
     assert any(np.abs(param.grad.numpy()).max() > 0 for _, param in trainable)
+
+
+# Parameter counts written out from the architecture descriptions (PLSC_FACTS section 2), by hand,
+# independently of the model code. BN running statistics are not parameters.
+
+def expected_iresnet_parameters(depths, widths=(64, 128, 256, 512), num_features=512, spatial=7):
+    stem = 3 * 9 * widths[0] + 2 * widths[0] + widths[0]          # conv3x3, BN, PReLU
+    total = stem
+    in_width = widths[0]
+    for depth, width in zip(depths, widths):
+        for index in range(depth):
+            block_in = in_width if index == 0 else width
+            total += 2 * block_in + 9 * block_in * width + 2 * width + width + 9 * width * width + 2 * width
+            if index == 0:  # stride 2: conv1x1 + BN shortcut
+                total += block_in * width + 2 * width
+        in_width = width
+    total += 2 * widths[-1]                                           # BN2d before flatten
+    total += widths[-1] * spatial * spatial * num_features + num_features  # fc with bias
+    total += num_features                                             # embedding BN1d: bias (scale fixed)
+    return total
+
+
+def expected_vit_parameters(dim, depth, mlp_ratio=4, tokens=144, num_features=512, patch=9):
+    hidden = dim * mlp_ratio
+    block = 2 * 2 * dim + dim * 3 * dim + (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
+    stem = 3 * patch * patch * dim + dim + tokens * dim + dim          # patch conv, pos_embed, mask_token
+    head = 2 * dim + tokens * dim * dim + 2 * dim + dim * num_features + 2 * num_features
+    return stem + depth * block + head
+
+
+def expected_mobilefacenet_parameters(blocks, scale, num_features=512):
+    narrow, wide = 64 * scale, 128 * scale
+
+    def conv_bn(in_channels, out_channels, kernel, groups=1, prelu=True):
+        return in_channels // groups * out_channels * kernel * kernel + 2 * out_channels + (
+            out_channels if prelu else 0)
+
+    def depthwise(in_channels, out_channels, inner):  # 1x1 expand, 3x3 depthwise, linear 1x1
+        return conv_bn(in_channels, inner, 1) + conv_bn(inner, inner, 3, inner) + conv_bn(
+            inner, out_channels, 1, prelu=False)
+
+    total = conv_bn(3, narrow, 3)
+    total += conv_bn(narrow, narrow, 3, groups=64) if blocks[0] == 1 else blocks[0] * depthwise(narrow, narrow, 128)
+    total += depthwise(narrow, narrow, 128) + blocks[1] * depthwise(narrow, narrow, 128)
+    total += depthwise(narrow, wide, 256) + blocks[2] * depthwise(wide, wide, 256)
+    total += depthwise(wide, wide, 512) + blocks[3] * depthwise(wide, wide, 256)
+    total += conv_bn(wide, 512, 1)
+    total += conv_bn(512, 512, 7, groups=512, prelu=False)   # global depthwise conv
+    total += 512 * num_features + 2 * num_features            # linear (no bias) + BN1d
+    return total

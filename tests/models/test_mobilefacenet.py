@@ -6,10 +6,12 @@ import paddle
 import paddle.nn as nn
 import pytest
 
-from backbone_checks import assert_finite_gradients, assert_layouts_agree, images
+from backbone_checks import (assert_finite_gradients, assert_layouts_agree, expected_mobilefacenet_parameters,
+                             images)
 from plsc.errors import PlscError
 from plsc.models import MODELS
 from plsc.models.complexity import count_parameters
+from plsc.models.mobilefacenet import MobileFaceNet, ResidualDepthWise
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +20,33 @@ def base():
     return MODELS.build("MobileFaceNet_base")
 
 
-def test_base_parameter_count(base):
-    # PLSC_FACTS: 2.06M computed from PLSC's code (backbone only, 512-d embedding).
-    assert abs(count_parameters(base) - 2.06e6) / 2.06e6 < 1e-3
+def test_generic_parameter_count_follows_blocks_and_scale():
+    model = MobileFaceNet(num_features=64, blocks=(2, 1, 1, 3), scale=3)
+    assert count_parameters(model) == expected_mobilefacenet_parameters((2, 1, 1, 3), 3, num_features=64)
+
+
+def test_base_and_large_are_the_generic_net():
+    paddle.seed(0)
+    base = MODELS.build("MobileFaceNet_base", num_features=128)
+    paddle.seed(0)
+    generic = MODELS.build("MobileFaceNet", num_features=128, blocks=[1, 4, 6, 2], scale=2)  # YAML gives lists
+    assert [(k, v.shape) for k, v in base.state_dict().items()] == [
+        (k, v.shape) for k, v in generic.state_dict().items()]
+    base.eval()
+    generic.eval()
+    with paddle.no_grad():
+        np.testing.assert_array_equal(base(images(1)).numpy(), generic(images(1)).numpy())
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    (dict(blocks=(1, 4, 6)), "blocks"),
+    (dict(blocks=(1, 0, 6, 2)), "blocks"),
+    (dict(scale=0), "scale"),
+    (dict(scale=1.5), "scale"),
+])
+def test_bad_shape_arguments(kwargs, key):
+    with pytest.raises(PlscError, match=f"Model.{key}"):
+        MobileFaceNet(**kwargs)
 
 
 def test_large_is_wider_and_deeper():
@@ -36,8 +62,9 @@ def test_large_is_wider_and_deeper():
 
 
 @pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
-def test_output_shape(data_format):
-    model = MODELS.build("MobileFaceNet_base", data_format=data_format, num_features=128)
+@pytest.mark.parametrize("name", ["MobileFaceNet", "MobileFaceNet_base"])
+def test_output_shape(name, data_format):
+    model = MODELS.build(name, data_format=data_format, num_features=128)
     model.eval()
     with paddle.no_grad():
         assert model(images(2)).shape == [2, 128]
@@ -52,8 +79,6 @@ def test_gradients_finite(base):
 
 
 def test_residual_adds_identity():
-    from plsc.models.mobilefacenet import ResidualDepthWise
-
     block = ResidualDepthWise(8, 16, "NCHW")
     block.eval()
     inputs = paddle.randn([2, 8, 5, 5])
@@ -71,11 +96,15 @@ def test_kaiming_fan_out_init(base):
 
 
 def test_constructor_contract():
-    for name in ("MobileFaceNet_base", "MobileFaceNet_large"):
+    named_sizes = [("num_features", 512, inspect.Parameter.KEYWORD_ONLY),
+                   ("data_format", "NCHW", inspect.Parameter.KEYWORD_ONLY)]
+    # The generic net defaults to the paper's: residual blocks 1-4-6-2 at width scale 1.
+    generic = named_sizes + [("blocks", (1, 4, 6, 2), inspect.Parameter.KEYWORD_ONLY),
+                             ("scale", 1, inspect.Parameter.KEYWORD_ONLY)]
+    for name, expected in [("MobileFaceNet", generic), ("MobileFaceNet_base", named_sizes),
+                           ("MobileFaceNet_large", named_sizes)]:
         parameters = list(inspect.signature(MODELS.get(name)).parameters.values())
-        assert [(p.name, p.default, p.kind) for p in parameters] == [
-            ("num_features", 512, inspect.Parameter.KEYWORD_ONLY),
-            ("data_format", "NCHW", inspect.Parameter.KEYWORD_ONLY)]
+        assert [(p.name, p.default, p.kind) for p in parameters] == expected
         with pytest.raises(TypeError):
             MODELS.build(name, dropout=0.1)
         with pytest.raises(PlscError, match="data_format"):
