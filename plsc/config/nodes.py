@@ -163,6 +163,34 @@ class ListOf(Node):
         return type(value)(self.item.fill(item, context) for item in value)
 
 
+class OneOrList(Node):
+    """`item`, or a list of `item`s (e.g. several verification sets in `DataLoader.Eval.dataset`)."""
+
+    def __init__(self, item):
+        self.item = item
+        self.default = item.default
+
+    def check_missing(self, path, context):
+        self.item.check_missing(path, context)
+
+    def default_for(self, context):
+        return self.item.default_for(context)
+
+    def check(self, value, path, context):
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise PlscError(f"{dotted(path)} is an empty list")
+            for index, item in enumerate(value):
+                self.item.check(item, [*path, index], context)
+        else:
+            self.item.check(value, path, context)
+
+    def fill(self, value, context):
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.item.fill(item, context) for item in value)
+        return self.item.fill(value, context)
+
+
 class FreeMapping(Node):
     """A mapping with free keys (each starting with `key_prefix`) whose values all follow `item`."""
 

@@ -3,7 +3,7 @@
 Adding a key or a section means adding a line here. Defaults follow PLSC (PLSC_FACTS.md section 3)
 unless a comment says otherwise. Registry names refer to `plsc.registry` (see `validate.py`).
 """
-from plsc.config.nodes import (REQUIRED, Entry, FreeMapping, ListOf, Range, Registered, Section,
+from plsc.config.nodes import (REQUIRED, Entry, FreeMapping, ListOf, OneOrList, Range, Registered, Section,
                                Value)
 
 POSITIVE = Range(1)
@@ -61,13 +61,29 @@ DISTRIBUTED_STRATEGY = Section({
     "data_parallel": Value("bool", True),
 })
 
-PARTIAL_FC = Section({
+class HeadSection(Registered):
+    """`Model.pfc_config`: PLSC's Partial FC keys with their defaults, plus an optional `name` of another
+    HEADS entry (e.g. SubCenterPartialFC) whose own keyword parameters then become valid keys too.
+    Unlike other registry sections it may be absent (all defaults) and an absent name stays absent:
+    the trainer then builds PartialFC, whose keys are exactly the fixed ones."""
+
+    def __init__(self, fixed, supplied):
+        super().__init__("HEADS", fixed=fixed, supplied=supplied)
+        self.create = True
+
+    def children_for(self, value, path, context):
+        if value.get("name") is None:
+            return {"name": Value(("str", "none")), **self.children}
+        return super().children_for(value, path, context)
+
+
+PARTIAL_FC = HeadSection({
     "sample_ratio": Value("float", 1.0, within=Range(0, 1, low_open=True)),
     "model_parallel": Value("bool", False),
     "sparse_update": Value("bool", True),
-})
+}, supplied=("num_classes", "embedding_size", "seed"))
 
-# Backbone keys come from the registered constructor's signature; the head's keys are fixed here.
+# Backbone keys come from the registered constructor's signature; the head's from the head's (pfc_config).
 MODEL = Registered("MODELS", fixed={
     "class_num": Value("int", REQUIRED, within=POSITIVE),
     "pfc_config": PARTIAL_FC,
@@ -106,8 +122,10 @@ LOADER = Section({
     "use_shared_memory": Value("bool", True),
 })
 
-DATA_LOADER_MODE = Section({"dataset": DATASET, "sampler": SAMPLER, "loader": LOADER}, create=False)
-DATA_LOADER = Section({"Train": DATA_LOADER_MODE, "Eval": DATA_LOADER_MODE}, create=False)
+DATA_LOADER_TRAIN = Section({"dataset": DATASET, "sampler": SAMPLER, "loader": LOADER}, create=False)
+# Evaluation may score several verification sets at once (lfw, cfp_fp, agedb_30): a list of datasets.
+DATA_LOADER_EVAL = Section({"dataset": OneOrList(DATASET), "sampler": SAMPLER, "loader": LOADER}, create=False)
+DATA_LOADER = Section({"Train": DATA_LOADER_TRAIN, "Eval": DATA_LOADER_EVAL}, create=False)
 
 METRIC_LIST = ListOf(Entry("METRICS"))
 METRIC = Section({"Train": METRIC_LIST, "Eval": METRIC_LIST}, create=False)
@@ -125,6 +143,8 @@ SYNTHETIC_DATA = Section({
     "num_pairs": Value("int", 200, within=POSITIVE),
     "seed": Value("int", 0),
     "num_workers": Value("int", 0, within=NON_NEGATIVE),
+    # folder: train/ + verification/; rec: train_rec/train.rec; bin: bin/{lfw,cfp_fp,agedb_30}.bin
+    "formats": ListOf(Value("str", choices=("folder", "rec", "bin")), ["folder"]),
 }, create=False)
 
 SCHEMA = Section({
