@@ -108,6 +108,8 @@ class CheckpointManager:
         elif self.logger:
             self.logger.info(f"resharded class centres from {saved_world} to {distributed.world_size()} "
                              f"ranks; negative sampling continues from a fresh random stream")
+        # Nobody may overwrite these files (e.g. the next save of `latest`) while a rank still reads them.
+        distributed.barrier()
         return states, dense_opt
 
     def _checked(self, path, step):

@@ -6,7 +6,10 @@ import paddle
 from plsc import distributed
 from plsc.data import build_dataset, build_loader
 from plsc.errors import PlscError
-from plsc.registry import HEADS, LOSSES, LR_SCHEDULERS, METRICS, MODELS
+from plsc.loss.combined import CombinedLoss  # noqa: F401  (the trainer imports it from here)
+from plsc.registry import HEADS, LR_SCHEDULERS, METRICS, MODELS
+
+DEFAULT_HEAD = "PartialFC"  # PLSC's configs name no head
 
 
 def select_device(requested):
@@ -28,28 +31,13 @@ def build_backbone(model_config):
 
 
 def build_head(model_config, seed):
+    """`Model.pfc_config` -> the class layer; its optional `name` picks a HEADS entry (PartialFC by default)."""
     pfc = dict(model_config.get("pfc_config") or {})
     pfc.pop("sparse_update", None)  # every sampled head updates sparsely here; the key stays for PLSC configs
+    name = pfc.pop("name", None) or DEFAULT_HEAD
     embedding_size = model_config.get("num_features", MODELS.parameters(model_config.name)["num_features"])
-    return HEADS.build("PartialFC", num_classes=model_config.class_num, embedding_size=embedding_size,
-                       seed=seed, **pfc)
-
-
-class CombinedLoss:
-    """Weighted sum of the `Loss.Train` entries; returns the total and each named part."""
-
-    def __init__(self, entries):
-        self.parts = []
-        for position, entry in enumerate(entries):
-            (name, kwargs), = entry.items()
-            kwargs = dict(kwargs or {})
-            weight = float(kwargs.pop("weight", 1.0))
-            self.parts.append((name, weight, LOSSES.build(name, where=f"Loss.Train.{position}", **kwargs)))
-
-    def __call__(self, logits, labels):
-        named = {name: loss(logits, labels) for name, _, loss in self.parts}
-        total = sum(weight * named[name] for name, weight, _ in self.parts)
-        return total, named
+    return HEADS.build(name, where="Model.pfc_config.name", num_classes=model_config.class_num,
+                       embedding_size=embedding_size, seed=seed, **pfc)
 
 
 def resolve_seed(seed):

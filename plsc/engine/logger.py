@@ -28,23 +28,25 @@ class SmoothedValue:
 
 
 def get_logger(log_file=None):
-    """The `plsc` logger: rank 0 prints, every rank may write its own file."""
+    """The `plsc` logger: rank 0 prints, every rank writes `log_file` (the latest call's file)."""
     logger = logging.getLogger("plsc")
-    if getattr(logger, "_plsc_configured", False):
-        return logger
     logger.setLevel(logging.INFO)
     logger.propagate = False
     formatter = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    if distributed.is_main_process():
+    if distributed.is_main_process() and not any(getattr(h, "_plsc_stream", False) for h in logger.handlers):
         stream = logging.StreamHandler(sys.stdout)
         stream.setFormatter(formatter)
+        stream._plsc_stream = True
         logger.addHandler(stream)
     if log_file:
+        # A second run in the same process (tests, notebooks) logs to its own output folder.
+        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(handler)
+            handler.close()
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
         handler = logging.FileHandler(log_file)
         handler.setFormatter(formatter)
         logger.addHandler(handler)
-    logger._plsc_configured = True
     return logger
 
 

@@ -5,11 +5,12 @@ import os
 import paddle
 
 from plsc import distributed
-from plsc.checkpoint import CheckpointManager, load_backbone_state
+from plsc.checkpoint import CheckpointManager, checkpoint_prefix, load_backbone_state
 from plsc.engine.build import (CombinedLoss, build_backbone, build_evaluator, build_head, build_lr_schedule,
                                build_train_loader, check_supported, resolve_seed, select_device)
 from plsc.engine.logger import Timer, TrainLogger, get_logger
 from plsc.errors import PlscError
+from plsc.loss.inputs import LossInputs
 
 
 def prepare_synthetic_data(config, logger):
@@ -59,8 +60,9 @@ class Trainer:
         if glob.get("max_train_step"):
             self.total_steps = min(self.total_steps, int(glob.max_train_step))
         self.schedule = build_lr_schedule(config.LRScheduler, self.epochs, self.steps_per_epoch)
-        self.optimizer = build_optimizer(config.Optimizer, self.backbone.named_parameters(), [self.head],
-                                         lr=self.schedule.lr_at(0))
+        # The losses' class tables (CenterLoss centres) are sharded and updated sparsely like the head.
+        self.optimizer = build_optimizer(config.Optimizer, self.backbone.named_parameters(),
+                                         [self.head, *self.loss.attach(self.head)], lr=self.schedule.lr_at(0))
         self.amp = build_amp(config.get("FP16"))
         self.evaluator = build_evaluator(config) if glob.get("eval_during_train", True) else None
         self.checkpoints = CheckpointManager(self.output_dir, glob.get("max_num_latest_checkpoint", 0),
@@ -82,6 +84,10 @@ class Trainer:
                                                       self.optimizer, self.amp.scaler)
             if self.evaluator is not None and "evaluator" in extra:
                 self.evaluator.set_state_dict(extra["evaluator"])
+            self.loss.set_state_dict(extra.get("loss", {}))
+            self.loss.load_tables(checkpoint_prefix(glob.checkpoint), self.state["global_step"],
+                                  self.state["world_size"])
+            distributed.barrier()  # every rank has read the checkpoint before any rank may overwrite it
             self._adapt_position_to_batch_size()
             self.logger.info(f"resumed from {glob.checkpoint} at epoch {self.state['epoch'] + 1}, "
                              f"global step {self.state['global_step']}")
@@ -112,8 +118,9 @@ class Trainer:
         """Forward, backward and update on one batch; returns (total loss, {name: loss})."""
         with self.amp.autocast():
             embeddings = self.backbone(images)
-        cos_logits, local_labels = self.head(embeddings.astype("float32"), labels)
-        total, parts = self.loss(cos_logits, local_labels)
+        embeddings = embeddings.astype("float32")
+        cos_logits, local_labels = self.head(embeddings, labels)
+        total, parts = self.loss(LossInputs(cos_logits, local_labels, embeddings, labels, self.head, self.backbone))
         self.amp.scaler.scale(total).backward()
         self.amp.scaler.step(self.optimizer)
         self.optimizer.clear_grad()
@@ -197,7 +204,10 @@ class Trainer:
                 self.save(f"epoch_{self.state['epoch']}")
 
     def save(self, prefix):
-        extra = {"evaluator": self.evaluator.state_dict()} if self.evaluator is not None else None
+        extra = {"evaluator": self.evaluator.state_dict()} if self.evaluator is not None else {}
+        extra["loss"] = self.loss.state_dict()  # running statistics, the same on every rank
+        # Per-rank loss tables first: the checkpoint's .pdstates, written last, marks it complete.
+        self.loss.save_tables(os.path.join(self.checkpoints.directory, prefix), self.state["global_step"])
         if prefix == "latest":
             self.last_saved_step = self.state["global_step"]
         path = self.checkpoints.save(prefix, self.state, self.backbone, self.head, self.optimizer,

@@ -13,12 +13,14 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.autograd import PyLayer
 from paddle.utils import unique_name
 
 from plsc import distributed
 from plsc.errors import PlscError
 from plsc.registry import HEADS
 
+NORM_EPSILON = 1e-12  # F.normalize's: a zero row is divided by this instead of by 0
 INIT_STD = 0.01  # PLSC and arcface_torch draw the centres from N(0, 0.01)
 # Rows generated per seeded block: a shard draws only the blocks it overlaps, so no rank ever
 # materialises the full table, and the rows do not depend on the world size.
@@ -82,13 +84,58 @@ def remap_labels(labels_global, sampled_index, class_start):
     return paddle.where(row_at_column == shard_labels, columns, paddle.full_like(columns, -1))
 
 
+def row_inverse_norms(rows):
+    """1 / max(|row|, NORM_EPSILON) of each row, as F.normalize divides: [S, D] -> [S] float32, no gradient."""
+    norms = paddle.linalg.norm(rows.astype("float32"), p=2, axis=1)
+    return 1.0 / norms.clip(min=NORM_EPSILON)
+
+
+class CenterCosines(PyLayer):
+    """cos(x_n, w_s) of unit-norm embeddings and raw (unnormalised) centres, with a hand-written backward.
+
+    Autograd through F.normalize(centers) creates several [S, D] temporaries (the normalised copy,
+    and in backward the gradients of the division and of the norm); at S = 100k rows each is 200 MB
+    of fresh memory, and Paddle's CPU p_norm backward alone took ~3 s of a ~9 s step
+    (docs/bench_head.md). Here the centres are never normalised: cos = (x w^T) * inv_s with
+    inv_s = 1/|w_s|, and since d cos_ns / d w_s = inv_s * x_n - cos_ns * inv_s^2 * w_s, the backward
+    creates only the centres' gradient and one row-scaled copy of the centres.
+    The [-1, 1] clip (for acos) is applied in place and passes the gradient through: it only
+    removes rounding error, where the true derivative is that of the unclipped cosine.
+    """
+
+    @staticmethod
+    def forward(ctx, unit_embeddings, centers):
+        inverse_norms = row_inverse_norms(centers)
+        cosines = paddle.matmul(unit_embeddings, centers, transpose_y=True)
+        if cosines.dtype != paddle.float32:  # fp16 under AMP on GPU; the margin loss needs float32
+            cosines = cosines.astype("float32")
+        cosines.multiply_(inverse_norms.unsqueeze(0)).clip_(-1.0, 1.0)
+        ctx.save_for_backward(unit_embeddings, centers, inverse_norms, cosines)
+        # Paddle wants None, not a gradient, for an input that stops gradients.
+        ctx.needs_grad = (not unit_embeddings.stop_gradient, not centers.stop_gradient)
+        return cosines
+
+    @staticmethod
+    def backward(ctx, grad_cosines):
+        unit_embeddings, centers, inverse_norms, cosines = ctx.saved_tensor()
+        # d loss / d (x_n . w_s): the cosine's gradient divided by the centre's norm, [N, S].
+        grad_dots = grad_cosines * inverse_norms.unsqueeze(0)
+        embeddings_need_grad, centers_need_grad = ctx.needs_grad
+        grad_embeddings = grad_centers = None
+        if embeddings_need_grad:
+            grad_embeddings = paddle.matmul(grad_dots, centers.astype("float32")).astype(unit_embeddings.dtype)
+        if centers_need_grad:
+            # sum_n g_ns cos_ns inv_s^2 = (sum_n grad_dots_ns cos_ns) * inv_s: the radial part to remove.
+            radial = (grad_dots * cosines).sum(axis=0) * inverse_norms
+            grad_centers = paddle.matmul(grad_dots, unit_embeddings.astype("float32"), transpose_x=True)
+            grad_centers.subtract_(centers.astype("float32") * radial.unsqueeze(1))
+            grad_centers = grad_centers.astype(centers.dtype)
+        return grad_embeddings, grad_centers
+
+
 def cosine_logits(embeddings, centers):
     """Cosine of every embedding with every centre: [N, D] x [S, D] -> [N, S] float32 in [-1, 1]."""
-    cosines = paddle.matmul(F.normalize(embeddings, axis=1), F.normalize(centers, axis=1), transpose_y=True)
-    if cosines.dtype != paddle.float32:  # fp16 under AMP on GPU; the margin loss needs float32
-        cosines = cosines.astype("float32")
-    # Rounding can push a normalised dot product a hair past +-1, where acos is undefined.
-    return paddle.clip(cosines, -1.0, 1.0)
+    return CenterCosines.apply(F.normalize(embeddings, axis=1), centers)
 
 
 @HEADS.register("PartialFC")
@@ -172,7 +219,14 @@ class PartialFC(nn.Layer):
         sampled_weight = self._gather_centers(sampled_index)
         self._last_step.update(sampled_index=sampled_index, sampled_weight=sampled_weight)
         local_labels = remap_labels(labels_global, sampled_index, self.class_start)
-        return cosine_logits(embeddings_global, sampled_weight), local_labels
+        return self.class_logits(embeddings_global, sampled_weight), local_labels
+
+    def class_logits(self, embeddings_global, sampled_weight):
+        """Score of each gathered embedding for each sampled class: [N, D] x [S, D] -> [N, S] cosines.
+
+        The hook a head with several centres per class (SubCenterPartialFC) overrides.
+        """
+        return cosine_logits(embeddings_global, sampled_weight)
 
     def _sample(self, labels_global):
         """Sorted rows of the shard used this step: [S] int64."""

@@ -1,0 +1,61 @@
+"""CurricularFace (Huang et al., CVPR 2020): ArcFace positives, hard negatives re-weighted by a curriculum.
+
+Target: s * cos(theta_y + m) (ArcFace, kept monotone past theta_y + m = pi). A negative j is hard
+when its cosine beats that margined target, cos_j > cos(theta_y + m); its logit becomes
+s * cos_j * (t + cos_j) (the paper's N(t, cos_j)), others stay s * cos_j. The curriculum t is an
+exponential moving average of the mean target cosine of the global batch, t <- 0.01 * r +
+0.99 * t with t = 0 at the start: early on (t ~ 0) hard negatives are down-weighted (easy samples
+first), later (t -> 1) up-weighted. As in the paper's implementation, t is updated with the
+current batch before it is used, and receives no gradient.
+"""
+import paddle
+import paddle.nn as nn
+
+from plsc.errors import PlscError
+from plsc.loss.margin import model_parallel_softmax_cross_entropy
+from plsc.loss.target import (additive_angular_target, ema_update_, shared_target_cosines, target_cosines,
+                              write_targets)
+from plsc.registry import LOSSES
+
+T_MOMENTUM = 0.01  # the paper's alpha = 0.99 on the old value
+
+
+def curricular_logits(cos, labels_local, target_margined, t, m, s):
+    """CurricularFace logits before the softmax.
+
+    cos: [N, S] cosines; labels_local: [N] column of the target here or -1; target_margined: [N, 1]
+    cos(theta_y + m) of every row (also rows whose target is on another rank), no gradient;
+    t: scalar tensor -> [N, S] float32.
+    """
+    cos_target, has_target = target_cosines(cos, labels_local)
+    hard = (cos > target_margined).astype(cos.dtype)
+    negatives = cos + hard * cos * (t + cos - 1.0)  # = cos * (t + cos) where hard, else cos
+    # The target column itself is replaced below, so its (meaningless) hard flag does not matter.
+    logits = write_targets(negatives, labels_local, additive_angular_target(cos_target, m), has_target)
+    return s * logits
+
+
+@LOSSES.register("CurricularFace")
+class CurricularFace(nn.Layer):
+    """(cos_logits [N, S_local], labels_local [N]) -> scalar; keeps the curriculum t as a buffer.
+
+    model_parallel: None follows Model.pfc_config.model_parallel (set by CombinedLoss.attach).
+    """
+
+    def __init__(self, m=0.5, s=64.0, model_parallel=None):
+        super().__init__()
+        if m < 0 or s <= 0:
+            raise PlscError(f"CurricularFace: m ({m}) must be >= 0 and s ({s}) > 0")
+        self.m, self.s = float(m), float(s)
+        self.model_parallel = model_parallel
+        self.register_buffer("t", paddle.zeros([1], dtype="float32"))
+
+    def forward(self, cos_logits, labels_local):
+        cos = cos_logits.astype("float32")
+        cos_target, has_target = target_cosines(cos, labels_local)
+        shared_target = shared_target_cosines(cos_target, has_target, bool(self.model_parallel))
+        if self.training:
+            ema_update_(self.t, shared_target.mean().reshape([1]), T_MOMENTUM)
+        target_margined = additive_angular_target(shared_target, self.m)
+        logits = curricular_logits(cos, labels_local, target_margined, self.t.detach(), self.m, self.s)
+        return model_parallel_softmax_cross_entropy(logits, labels_local, bool(self.model_parallel))

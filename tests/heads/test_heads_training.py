@@ -1,0 +1,90 @@
+"""Each literature head trains with Partial FC at sample_ratio 0.3, and resumes exactly with its state."""
+import numpy as np
+import paddle
+import pytest
+from heads_tiny import NUM_CLASSES, write_head_config
+
+from plsc.config import load_config
+from plsc.data.synthetic import ensure_quickstart_data
+from plsc.engine.trainer import Trainer
+
+pytestmark = pytest.mark.slow
+HEADS = ["curricularface", "adaface", "magface", "subcenter", "centerloss", "l2softmax", "groupface"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heads_data")
+    ensure_quickstart_data(str(root), num_classes=NUM_CLASSES, images_per_class=4, num_pairs=20, seed=7)
+    return root
+
+
+def make_trainer(directory, data_root, head, overrides=(), changes=None):
+    return Trainer(load_config(str(write_head_config(directory, data_root, head, changes)), list(overrides)))
+
+
+def record_losses(trainer):
+    losses = []
+    step = trainer.train_step
+
+    def recording_step(images, labels):
+        total, parts = step(images, labels)
+        losses.append(float(total))
+        return total, parts
+
+    trainer.train_step = recording_step
+    return losses
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_trains_with_sampled_class_centres(tmp_path, data_root, head):
+    trainer = make_trainer(tmp_path, data_root, head)
+    assert trainer.head.sample_ratio == 0.3 and trainer.head.num_sample == 18
+    losses = record_losses(trainer)
+    trainer.train()
+    assert len(losses) == 4 * (NUM_CLASSES * 4 // 16)
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+RESUME_CASES = {
+    # Sub-centre class layer + CurricularFace's t + CenterLoss's sharded table and its momentum.
+    "subcenter_curricular_center": ("subcenter", {"Loss.Train": [
+        {"CurricularFace": {"m": 0.5, "s": 32.0}}, {"CenterLoss": {"weight": 0.5}}]}),
+    # GroupFace model + AdaFace's running norm statistics + GroupLoss.
+    "groupface_adaface": ("groupface", {"Loss.Train": [
+        {"AdaFace": {"s": 32.0}}, {"GroupLoss": {"weight": 0.1}}]}),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_restores_running_statistics_and_tables_exactly(tmp_path, data_root, case):
+    head, changes = RESUME_CASES[case]
+    changes = {**changes, "Global.epochs": 1}  # 15 steps; stop the first part after 6
+    full = make_trainer(tmp_path / "full", data_root, head, changes=changes)
+    full_losses = record_losses(full)
+    full.train()
+
+    first = make_trainer(tmp_path / "split", data_root, head, ["Global.max_train_step=6"], changes)
+    first.train()
+    checkpoint = tmp_path / "split" / "output" / first.config.Model.name / "latest"
+    resumed = make_trainer(tmp_path / "split", data_root, head, [f"Global.checkpoint={checkpoint}"], changes)
+    assert resumed.state["global_step"] == 6
+    # The running statistics and tables are those of the interrupted run at step 6.
+    for key, buffers in first.loss.state_dict().items():
+        for name, value in buffers.items():
+            np.testing.assert_array_equal(resumed.loss.state_dict()[key][name], value)
+    for key, table in first.loss.tables().items():
+        np.testing.assert_array_equal(resumed.loss.tables()[key].weight.numpy(), table.weight.numpy())
+    resumed_losses = record_losses(resumed)
+    resumed.train()
+
+    np.testing.assert_allclose(resumed_losses, full_losses[6:], rtol=1e-6, atol=1e-6)
+    for key, buffers in full.loss.state_dict().items():
+        for name, value in buffers.items():
+            np.testing.assert_allclose(resumed.loss.state_dict()[key][name], value, rtol=1e-6)
+    for key, table in full.loss.tables().items():
+        np.testing.assert_allclose(resumed.loss.tables()[key].weight.numpy(), table.weight.numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(resumed.head.weight.numpy(), full.head.weight.numpy(), rtol=1e-5, atol=1e-6)
+    assert paddle.load(f"{checkpoint}.pdopt")["loss"]  # the statistics went into the dense optimizer file
