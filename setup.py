@@ -19,6 +19,7 @@ setup(
         "visualdl",
         "scikit-learn",
         "scikit-image",
+        "scipy",
         "matplotlib",
         "onnx",
         "onnxruntime",
@@ -29,6 +30,7 @@ setup(
         "console_scripts": [
             "plsc-train=plsc.cli:train_main",
             "plsc-eval=plsc.cli:eval_main",
+            "plsc-export=plsc.cli:export_main",
         ]
     },
 )

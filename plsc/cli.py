@@ -1,4 +1,4 @@
-"""Console entry points `plsc-train` and `plsc-eval` (PLSC's flags: -c CONFIG, -o Key.sub=value)."""
+"""Console entry points `plsc-train`, `plsc-eval` and `plsc-export` (PLSC's flags: -c CONFIG, -o Key.sub=value)."""
 import argparse
 import sys
 
@@ -67,3 +67,15 @@ def eval_main(argv=None):
             print(f"{name}: " + ", ".join(f"{key}: {value:.5f}" for key, value in figures.items()))
 
     run_reporting_user_errors("plsc-eval", run)
+
+
+def export_main(argv=None):
+    args = parse_args("plsc-export", "Export a trained backbone to ONNX and check it against Paddle.", argv)
+
+    def run():
+        from plsc.config import load_config
+        from plsc.export import export_from_config
+
+        export_from_config(load_config(args.config, args.override))
+
+    run_reporting_user_errors("plsc-export", run)

@@ -19,8 +19,10 @@ from plsc.data.synthetic import make_identity, render_face
 from plsc.data.synthetic.streams import stream_rng
 from plsc.errors import PlscError
 
-# Subjects are identities from this index on: never a training or a verification-pair identity.
-IJB_IDENTITY_OFFSET = 2_000_000
+# Subjects are identities from this index on, above the ranges of the training classes, the
+# verification pairs and the .bin sets (plsc.data.synthetic.quickstart.BIN_SETS: up to 5M) and
+# below the fairness sets (plsc.data.synthetic.fairness: from 10M).
+IJB_IDENTITY_OFFSET = 5_000_000
 IJB_STREAM = 11  # random-stream tag of this writer (see plsc.data.synthetic.streams)
 CANVAS_RANGE = (150, 250)  # loose-crop width and height, pixels
 MAX_ROLL_DEG = 25.0
