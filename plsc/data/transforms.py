@@ -109,3 +109,6 @@ def build_transforms(transform_ops, where="transform_ops"):
         (name, kwargs), = entry.items()
         ops.append(TRANSFORMS.build(name, where=f"{where}.{position}", **(kwargs or {})))
     return Compose(ops)
+
+
+from plsc.data import mask  # noqa: E402,F401  (registers RandomMask; it builds on the ops above)

@@ -25,6 +25,13 @@ def evaluate_saved_model(config):
     if evaluator is None:
         raise PlscError("the config has no DataLoader.Eval dataset or no Metric.Eval entry to evaluate")
     results = evaluator.evaluate(backbone)
+    if evaluator.reports and distributed.is_main_process():
+        from plsc.metrics.report import format_report, write_reports
+
+        paths = write_reports(evaluator.reports, os.path.join(config.Global.output_dir, config.Model.name, "eval"))
+        for report in evaluator.reports.values():
+            print(format_report(report) + "\n")
+        print(f"report: {paths['json']}" + "".join(f"\nchart: {chart}" for chart in paths["charts"]))
     for figures in results.values():
         figures.pop("best", None)
     return results
