@@ -222,6 +222,8 @@ class Trainer:
                              f"best {figures['best']:.5f}, threshold {figures['threshold']:.2f}, "
                              f"xnorm {figures['xnorm']:.3f}, global_step {self.state['global_step']}")
             self.train_logger.scalars(f"eval/{name}", {"accuracy": figures["accuracy"]}, self.state["global_step"])
+        if not results:  # only set metrics (fairness, recall): reported, but no best model to pick
+            return results
         primary = next(iter(results.values()))
         if self.state["best_metric"] is None or primary["metric"] > self.state["best_metric"]:
             self.state["best_metric"] = primary["metric"]
