@@ -1,11 +1,16 @@
-"""Generate the quickstart data set once and reuse it: `root/train` and `root/verification`.
+"""Generate the quickstart data sets once and reuse them, in the formats a config asks for.
 
-Each set gets a manifest written after its last file. A set is reused only if its manifest exists
-and records the same generation parameters, so an interrupted or differently-sized generation is
-redone rather than trusted.
+`folder`: `root/train` (images + label.txt) and `root/verification` (pair folder);
+`rec`: `root/train_rec` (`train.rec`, `train.idx`, `property`, the face-release layout);
+`bin`: `root/bin/{lfw,cfp_fp,agedb_30}.bin`, three LFW-style pair sets of different held-out identities.
+
+Each set gets a manifest written after its last file. A set is reused only if its manifest exists,
+records the same generation parameters and its files are there, so an interrupted or
+differently-sized generation is redone rather than trusted.
 """
 import json
 import os
+from collections import namedtuple
 
 from plsc.data.synthetic.render import RENDER_VERSION
 from plsc.data.synthetic.writers import (VERIFICATION_IDENTITY_OFFSET, write_image_folder, write_text_atomic,
@@ -14,49 +19,125 @@ from plsc.errors import PlscError
 
 MANIFEST_NAME = "synthetic_manifest.json"
 
+# The `.bin` sets: name -> (added to the seed, first identity index). Each range holds a million
+# identities, above the training classes and the folder pair set, so no two sets share a person.
+BIN_SETS = {"lfw": (1, 2_000_000), "cfp_fp": (2, 3_000_000), "agedb_30": (3, 4_000_000)}
+BIN_IDENTITY_RANGE = 1_000_000
 
-def ensure_quickstart_data(root, num_classes, images_per_class, num_pairs, seed=0, num_verification_identities=None,
-                           jitter=1.0, num_workers=0, force=False, log=None):
-    """Write the training folder and the pair set under `root` unless complete ones exist; return paths.
+SyntheticSet = namedtuple("SyntheticSet", ["name", "directory", "parameters", "files", "description", "write"])
+SyntheticSet.__doc__ = "One generated set: where it goes, what defines it, the files it must have, how to write it."
 
-    The result has `train_dir`, `train_label_file`, `verification_dir`, `verification_label_file`
-    and `generated` (names of the sets written by this call). `log(message)` hears about each set
-    that is generated. One process should call this (e.g. rank 0, then a barrier).
-    """
-    if num_classes > VERIFICATION_IDENTITY_OFFSET:
-        raise PlscError(f"num_classes {num_classes} would reach the verification identities "
-                        f"(indices from {VERIFICATION_IDENTITY_OFFSET})")
-    if num_verification_identities is None:
-        # About one positive and one negative pair per identity.
-        num_verification_identities = max(2, num_pairs // 2)
+
+def folder_sets(root, request):
+    """The training image folder and the verification pair folder."""
     train_dir, verification_dir = os.path.join(root, "train"), os.path.join(root, "verification")
+    seed, jitter, num_workers = request["seed"], request["jitter"], request["num_workers"]
+    num_classes, images_per_class = request["num_classes"], request["images_per_class"]
+    num_identities, num_pairs = request["num_verification_identities"], request["num_pairs"]
     train_parameters = {"kind": "image_folder", "render_version": RENDER_VERSION, "seed": seed,
                         "num_classes": num_classes, "images_per_class": images_per_class, "jitter": jitter,
                         "image_format": "jpg", "identity_offset": 0}
     verification_parameters = {"kind": "verification_pairs", "render_version": RENDER_VERSION, "seed": seed,
-                               "num_identities": num_verification_identities, "num_pairs": num_pairs,
+                               "num_identities": num_identities, "num_pairs": num_pairs,
                                "jitter": jitter, "identity_offset": VERIFICATION_IDENTITY_OFFSET}
+    return [
+        SyntheticSet("train", train_dir, train_parameters, ("label.txt",),
+                     f"synthetic training faces: {num_classes} classes x {images_per_class} images -> {train_dir}",
+                     lambda: write_image_folder(train_dir, num_classes, images_per_class, seed=seed, jitter=jitter,
+                                                num_workers=num_workers)),
+        SyntheticSet("verification", verification_dir, verification_parameters, ("label.txt",),
+                     f"synthetic verification pairs: {num_pairs} pairs of {num_identities} held-out identities "
+                     f"-> {verification_dir}",
+                     lambda: write_verification_pairs(verification_dir, num_identities, num_pairs, seed=seed,
+                                                      jitter=jitter, num_workers=num_workers)),
+    ]
+
+
+def recordio_sets(root, request):
+    """The training images as a face-release `.rec` (same pictures as the training folder)."""
+    from plsc.data.synthetic_formats import write_recordio
+
+    rec_dir = os.path.join(root, "train_rec")
+    seed, num_classes, images_per_class = request["seed"], request["num_classes"], request["images_per_class"]
+    parameters = {"kind": "recordio", "render_version": RENDER_VERSION, "seed": seed, "num_classes": num_classes,
+                  "images_per_class": images_per_class, "jitter": 1.0, "layout": "identity_records"}
+    return [SyntheticSet("train_rec", rec_dir, parameters, ("train.rec", "train.idx", "property"),
+                         f"synthetic training faces as RecordIO: {num_classes} classes x {images_per_class} "
+                         f"images -> {rec_dir}",
+                         lambda: write_recordio(rec_dir, num_classes, images_per_class, seed=seed))]
+
+
+def bin_sets(root, request):
+    """Three verification `.bin` files, each of `num_pairs` pairs with its own seed and identities."""
+    from plsc.data.synthetic_formats import write_bin
+
+    bin_dir = os.path.join(root, "bin")
+    seed, num_pairs = request["seed"], request["num_pairs"]
+    # Every pair takes two fresh identities (synthetic_formats.pair_plan).
+    if 2 * num_pairs > BIN_IDENTITY_RANGE:
+        raise PlscError(f"num_pairs {num_pairs} needs more than the {BIN_IDENTITY_RANGE} identities "
+                        f"of a synthetic .bin set")
+    plan = {name: {"seed": seed + seed_step, "identity_offset": offset}
+            for name, (seed_step, offset) in BIN_SETS.items()}
+    parameters = {"kind": "verification_bins", "render_version": RENDER_VERSION, "num_pairs": num_pairs,
+                  "jitter": 1.0, "sets": plan}
+
+    def write():
+        for name, settings in plan.items():
+            write_bin(os.path.join(bin_dir, f"{name}.bin"), num_pairs, settings["seed"], settings["identity_offset"])
+        return {"num_pairs": num_pairs, "files": [f"{name}.bin" for name in plan]}
+
+    return [SyntheticSet("bin", bin_dir, parameters, tuple(f"{name}.bin" for name in plan),
+                         f"synthetic verification .bin sets {', '.join(plan)}: {num_pairs} pairs each -> {bin_dir}",
+                         write)]
+
+
+# Config `SyntheticData.formats` entries -> the sets they stand for.
+FORMATS = {"folder": folder_sets, "rec": recordio_sets, "bin": bin_sets}
+
+
+def ensure_quickstart_data(root, num_classes, images_per_class, num_pairs, seed=0, num_verification_identities=None,
+                           jitter=1.0, num_workers=0, formats=("folder",), force=False, log=None):
+    """Write the sets of `formats` under `root` unless complete ones exist; return their paths.
+
+    The result has `train_dir`, `train_label_file`, `verification_dir`, `verification_label_file`,
+    `rec_dir`, `bin_paths` ({set name: path}) and `generated` (names of the sets written by this
+    call). `log(message)` hears about each set that is generated. One process should call this
+    (e.g. rank 0, then a barrier).
+    """
+    if num_classes > VERIFICATION_IDENTITY_OFFSET:
+        raise PlscError(f"num_classes {num_classes} would reach the verification identities "
+                        f"(indices from {VERIFICATION_IDENTITY_OFFSET})")
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown:
+        raise PlscError(f"unknown synthetic data format {unknown[0]!r}; known: {', '.join(FORMATS)}")
+    if jitter != 1.0 and set(formats) - {"folder"}:
+        raise PlscError(f"synthetic 'rec' and 'bin' sets are rendered at jitter 1.0; got jitter {jitter}")
+    if num_verification_identities is None:
+        # About one positive and one negative pair per identity.
+        num_verification_identities = max(2, num_pairs // 2)
+    request = {"num_classes": num_classes, "images_per_class": images_per_class, "num_pairs": num_pairs,
+               "seed": seed, "num_verification_identities": num_verification_identities, "jitter": jitter,
+               "num_workers": num_workers}
     generated = []
-    if force or not is_complete(train_dir, train_parameters):
-        _announce(log, f"generating synthetic training faces: {num_classes} classes x {images_per_class} "
-                       f"images -> {train_dir}")
-        _generate(train_dir, train_parameters, lambda: write_image_folder(
-            train_dir, num_classes, images_per_class, seed=seed, jitter=jitter, num_workers=num_workers))
-        generated.append("train")
-    if force or not is_complete(verification_dir, verification_parameters):
-        _announce(log, f"generating synthetic verification pairs: {num_pairs} pairs of "
-                       f"{num_verification_identities} held-out identities -> {verification_dir}")
-        _generate(verification_dir, verification_parameters, lambda: write_verification_pairs(
-            verification_dir, num_verification_identities, num_pairs, seed=seed, jitter=jitter,
-            num_workers=num_workers))
-        generated.append("verification")
+    for format_name in dict.fromkeys(formats):
+        for synthetic_set in FORMATS[format_name](root, request):
+            if force or not is_complete(synthetic_set.directory, synthetic_set.parameters, synthetic_set.files):
+                _announce(log, f"generating {synthetic_set.description}")
+                _generate(synthetic_set.directory, synthetic_set.parameters, synthetic_set.write)
+                generated.append(synthetic_set.name)
+    train_dir, verification_dir = os.path.join(root, "train"), os.path.join(root, "verification")
     return {"train_dir": train_dir, "train_label_file": os.path.join(train_dir, "label.txt"),
             "verification_dir": verification_dir,
-            "verification_label_file": os.path.join(verification_dir, "label.txt"), "generated": generated}
+            "verification_label_file": os.path.join(verification_dir, "label.txt"),
+            "rec_dir": os.path.join(root, "train_rec"),
+            "bin_paths": {name: os.path.join(root, "bin", f"{name}.bin") for name in BIN_SETS},
+            "generated": generated}
 
 
-def is_complete(set_dir, parameters):
-    """True if `set_dir` holds a finished set generated with exactly `parameters`."""
+def is_complete(set_dir, parameters, files=("label.txt",)):
+    """True if `set_dir` holds a finished set generated with exactly `parameters`, with all its `files`."""
     manifest_path = os.path.join(set_dir, MANIFEST_NAME)
     try:
         with open(manifest_path, encoding="utf-8") as handle:
@@ -65,7 +146,7 @@ def is_complete(set_dir, parameters):
         return False
     # Compare through JSON so tuples/lists and ints/floats compare as they were stored.
     return (manifest.get("parameters") == json.loads(json.dumps(parameters))
-            and os.path.isfile(os.path.join(set_dir, "label.txt")))
+            and all(os.path.isfile(os.path.join(set_dir, name)) for name in files))
 
 
 def _generate(set_dir, parameters, write):
