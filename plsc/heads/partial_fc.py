@@ -20,6 +20,9 @@ from plsc import distributed
 from plsc.errors import PlscError
 from plsc.registry import HEADS
 
+# Row chunk of the centres' gradient correction (see CenterCosines.backward and
+# plsc/optim/sparse_momentum.py's CHUNK_BYTES).
+CHUNK_BYTES = 16 * 2**20
 NORM_EPSILON = 1e-12  # F.normalize's: a zero row is divided by this instead of by 0
 INIT_STD = 0.01  # PLSC and arcface_torch draw the centres from N(0, 0.01)
 # Rows generated per seeded block: a shard draws only the blocks it overlaps, so no rank ever
@@ -33,16 +36,25 @@ def shard_range(num_classes, world_size, rank):
     return base * rank + min(rank, extra), base + (1 if rank < extra else 0)
 
 
-def init_class_centers(seed, start, stop, embedding_size):
-    """Rows [start, stop) of the full N(0, INIT_STD) class-centre table of `seed`: [stop-start, D] float32."""
-    rows = np.empty((stop - start, embedding_size), dtype=np.float32)
+def class_center_blocks(seed, start, stop, embedding_size):
+    """Rows [start, stop) of the full N(0, INIT_STD) class-centre table of `seed`, in pieces.
+
+    Yields (offset from start, rows [n, D] float32) in order; each piece is at most INIT_BLOCK_ROWS rows.
+    """
     for block in range(start // INIT_BLOCK_ROWS, (stop - 1) // INIT_BLOCK_ROWS + 1):
         # spawn_key keeps these streams apart from the sampling generator seeded with `seed + rank`.
         block_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
         block_rows = block_rng.standard_normal((INIT_BLOCK_ROWS, embedding_size), dtype=np.float32)
         block_start = block * INIT_BLOCK_ROWS
         first, last = max(start, block_start), min(stop, block_start + INIT_BLOCK_ROWS)
-        rows[first - start:last - start] = block_rows[first - block_start:last - block_start] * INIT_STD
+        yield first - start, block_rows[first - block_start:last - block_start] * INIT_STD
+
+
+def init_class_centers(seed, start, stop, embedding_size):
+    """Rows [start, stop) of the full N(0, INIT_STD) class-centre table of `seed`: [stop-start, D] float32."""
+    rows = np.empty((stop - start, embedding_size), dtype=np.float32)
+    for offset, piece in class_center_blocks(seed, start, stop, embedding_size):
+        rows[offset:offset + len(piece)] = piece
     return rows
 
 
@@ -86,8 +98,12 @@ def remap_labels(labels_global, sampled_index, class_start):
 
 def row_inverse_norms(rows):
     """1 / max(|row|, NORM_EPSILON) of each row, as F.normalize divides: [S, D] -> [S] float32, no gradient."""
-    norms = paddle.linalg.norm(rows.astype("float32"), p=2, axis=1)
-    return 1.0 / norms.clip(min=NORM_EPSILON)
+    rows = rows.astype("float32")
+    # Each row's squared norm as a batch of [1, D] x [D, 1] products: no [S, D] temporary, and
+    # on the 2-core CPU ~0.1 s for 100k x 512 where paddle.linalg.norm took ~0.7 s and
+    # square().sum() ~0.23 s (docs/bench_head.md).
+    squared = paddle.bmm(rows.unsqueeze(1), rows.unsqueeze(2)).reshape([-1])
+    return 1.0 / paddle.sqrt(squared).clip(min=NORM_EPSILON)
 
 
 class CenterCosines(PyLayer):
@@ -97,8 +113,8 @@ class CenterCosines(PyLayer):
     and in backward the gradients of the division and of the norm); at S = 100k rows each is 200 MB
     of fresh memory, and Paddle's CPU p_norm backward alone took ~3 s of a ~9 s step
     (docs/bench_head.md). Here the centres are never normalised: cos = (x w^T) * inv_s with
-    inv_s = 1/|w_s|, and since d cos_ns / d w_s = inv_s * x_n - cos_ns * inv_s^2 * w_s, the backward
-    creates only the centres' gradient and one row-scaled copy of the centres.
+    inv_s = 1/|w_s|, and since d cos_ns / d w_s = inv_s * x_n - cos_ns * inv_s^2 * w_s, the only
+    [S, D] tensor the backward creates is the centres' gradient.
     The [-1, 1] clip (for acos) is applied in place and passes the gradient through: it only
     removes rounding error, where the true derivative is that of the unclipped cosine.
     """
@@ -118,17 +134,23 @@ class CenterCosines(PyLayer):
     @staticmethod
     def backward(ctx, grad_cosines):
         unit_embeddings, centers, inverse_norms, cosines = ctx.saved_tensor()
+        embeddings_need_grad, centers_need_grad = ctx.needs_grad
+        centers_float = centers.astype("float32")  # the same tensor unless fp16
         # d loss / d (x_n . w_s): the cosine's gradient divided by the centre's norm, [N, S].
         grad_dots = grad_cosines * inverse_norms.unsqueeze(0)
-        embeddings_need_grad, centers_need_grad = ctx.needs_grad
         grad_embeddings = grad_centers = None
         if embeddings_need_grad:
-            grad_embeddings = paddle.matmul(grad_dots, centers.astype("float32")).astype(unit_embeddings.dtype)
+            grad_embeddings = paddle.matmul(grad_dots, centers_float).astype(unit_embeddings.dtype)
         if centers_need_grad:
-            # sum_n g_ns cos_ns inv_s^2 = (sum_n grad_dots_ns cos_ns) * inv_s: the radial part to remove.
-            radial = (grad_dots * cosines).sum(axis=0) * inverse_norms
             grad_centers = paddle.matmul(grad_dots, unit_embeddings.astype("float32"), transpose_x=True)
-            grad_centers.subtract_(centers.astype("float32") * radial.unsqueeze(1))
+            # Remove the radial part: sum_n g_ns cos_ns inv_s^2 w_s = (sum_n grad_dots_ns cos_ns) inv_s w_s.
+            radial = ((grad_dots * cosines).sum(axis=0) * inverse_norms).unsqueeze(1)
+            # Row chunks of views, written through: small temporaries that malloc hands out again,
+            # instead of one fresh [S, D] product.
+            step = max(1, CHUNK_BYTES // (4 * centers.shape[1]))
+            for start in range(0, centers.shape[0], step):
+                rows = slice(start, start + step)
+                grad_centers[rows].subtract_(centers_float[rows] * radial[rows])
             grad_centers = grad_centers.astype(centers.dtype)
         return grad_embeddings, grad_centers
 
@@ -173,10 +195,14 @@ class PartialFC(nn.Layer):
             [self.num_local_classes, embedding_size],
             attr=paddle.ParamAttr(name=unique_name.generate(name) + ".w"),
             default_initializer=nn.initializer.Constant(0.0))
-        self.weight.set_value(init_class_centers(seed, self.class_start,
-                                                 self.class_start + self.num_local_classes, embedding_size))
         # Updated only by the sparse optimizer through sampled_weight.grad; never all-reduced.
         self.weight.stop_gradient = True
+        # Written block by block: building the whole shard in numpy first and copying it in would
+        # hold it twice (plus a converted copy) at start-up, 4-6 GB for 1M x 512 instead of 2.
+        with paddle.no_grad():
+            for offset, piece in class_center_blocks(seed, self.class_start,
+                                                     self.class_start + self.num_local_classes, embedding_size):
+                self.weight[offset:offset + len(piece)] = paddle.to_tensor(piece)
         self.weight.is_distributed = model_parallel and world > 1
 
         self._rng = np.random.default_rng(seed + rank if model_parallel else seed)

@@ -67,7 +67,7 @@ class ClipGradByGlobalNorm:
         total = squared_sum(replicated)
         if sharded:
             total = total + distributed.all_reduce(squared_sum(sharded), "sum")
-        global_norm = math.sqrt(float(total))
+        global_norm = math.sqrt(total.item())
         factor = clip_factor(global_norm, self.clip_norm, self.always_clip, self.clip_norm_max)
         if factor is not None:
             for grad in replicated + sharded:

@@ -9,13 +9,16 @@ Its `step()` runs, in this order:
      owns its shard).
 
 A sparse head is any object with `weight` [C_local, D] (a Parameter with stop_gradient=True),
-`sampled_index` [S] int64 (unique rows) and `sampled_weight` [S, D] whose `.grad` is the gradient
-of those rows; optionally `model_parallel` (default True: the rows' gradients differ per rank).
+`sampled_index` [S] int64 (unique rows) and `sampled_weight` [S, D], the values of those rows at
+the forward, whose `.grad` is their gradient; optionally `model_parallel` (default True: the rows'
+gradients differ per rank). step() consumes the gradient (the Momentum update uses its memory as
+scratch space) and Momentum updates `sampled_weight` in place with the rows (one gather fewer).
 
 The registered optimizers (`Momentum`, `AdamW`) are the update rules with PLSC's config keys; each
 knows how to build the dense Paddle optimizer and how to update sparse rows.
 """
 import paddle
+from paddle.utils import unique_name
 
 from plsc import distributed
 from plsc.errors import PlscError
@@ -91,8 +94,9 @@ class Momentum(UpdateRule):
     def new_sparse_state(self, weight):
         return {"velocity": paddle.zeros_like(weight)}
 
-    def update_sparse(self, weight, state, index, grad_rows, lr, weight_decay):
-        sparse_momentum_update(weight, state["velocity"], index, grad_rows, lr, self.momentum, weight_decay)
+    def update_sparse(self, weight, state, index, grad_rows, lr, weight_decay, weight_rows=None):
+        sparse_momentum_update(weight, state["velocity"], index, grad_rows, lr, self.momentum, weight_decay,
+                               weight_rows=weight_rows)
 
 
 @OPTIMIZERS.register("AdamW")
@@ -127,7 +131,8 @@ class AdamW(UpdateRule):
         return {"moment1": paddle.zeros_like(weight), "moment2": paddle.zeros_like(weight),
                 "row_steps": paddle.zeros([weight.shape[0]], dtype="int64")}
 
-    def update_sparse(self, weight, state, index, grad_rows, lr, weight_decay):
+    def update_sparse(self, weight, state, index, grad_rows, lr, weight_decay, weight_rows=None):
+        # weight_rows is not used: the AdamW update gathers the rows itself.
         sparse_adamw_update(weight, state["moment1"], state["moment2"], state["row_steps"], index, grad_rows,
                             lr, self.beta1, self.beta2, self.epsilon, weight_decay)
 
@@ -221,13 +226,19 @@ class FaceOptimizer:
                           if not getattr(head, "model_parallel", True)]
             self.rule.grad_clip(dense + replicated, sharded)
         if self.dense is not None:
-            self.dense.step()
+            # Paddle creates its accumulators at the first step, named after the parameter plus a
+            # process-wide counter ('w_velocity_1' when an earlier optimizer held the same
+            # parameter). A fresh name scope makes them '{parameter}_velocity_0' in every
+            # optimizer, so a state saved by one optimizer loads into another over the same model.
+            with unique_name.guard():
+                self.dense.step()
         for key, head in self.heads.items():
             if head.sampled_weight is None or head.sampled_weight.grad is None:
                 continue
             weight_decay = self.rule.weight_decay if self.rule.decays((head.weight.name,)) else 0.0
             self.rule.update_sparse(head.weight, self._sparse_state(key, head.weight), head.sampled_index,
-                                    head.sampled_weight.grad, self.lr, weight_decay)
+                                    head.sampled_weight.grad, self.lr, weight_decay,
+                                    weight_rows=head.sampled_weight)
 
     def _sparse_state(self, key, weight):
         if key not in self.sparse_state:

@@ -6,32 +6,77 @@ rows (the head's sampled index is sorted and unique): an overwriting scatter wit
 would keep an arbitrary one of them.
 
 Speed at the shard sizes Glint360K / WebFace42M give one GPU (C_local ~ 1M rows, D = 512,
-|index| ~ 100k): nothing the size of the table is allocated. The rows are gathered, combined with
-in-place arithmetic, and written back with an overwriting `paddle.scatter_`. Measured on the
-2-core CPU (1M x 512, 100k rows, OMP_NUM_THREADS=1, shared machine, so roughly): writing rows back
-with scatter_ ~50 ms per table, index_put_ ~1.1 s, put_along_axis_ ~1.2 s, index_add_ of the
-difference ~50 ms (but not bit-exact: v + (v_new - v) != v_new). Most of the remaining ~1 s per
-update is first-touch page faulting of each freshly allocated [100k, 512] temporary (~170 ms each
-on this VM), so the update allocates as few temporaries as the formula allows.
+|index| ~ 100k): nothing the size of the table is allocated, and no [S, D] temporary either. On
+this 2-core CPU a fresh 200 MB tensor costs ~0.15-0.25 s of first-touch page faults, more than the
+arithmetic on it (docs/bench_head.md), so the Momentum update works on row chunks of ~16 MB (which
+malloc hands out again from memory it holds), computes in place with the spent gradient as
+scratch, takes the weight rows from the head's sampled copy instead of gathering them again, and
+at sample ratio 1.0 updates the tables directly without any gather or scatter. Rows are written
+back with an overwriting `paddle.scatter_`: measured (1M x 512, 100k rows) ~50 ms per table, where
+index_put_ took ~1.1 s and put_along_axis_ ~1.2 s; index_add_ of the difference is as fast but not
+bit-exact (v + (v_new - v) != v_new).
 """
 import paddle
 
 
+# Rows gathered, updated and scattered back per round: ~16 MB per temporary. glibc's malloc hands
+# out blocks this size again from memory it already holds, while each block of the whole [S, D]
+# (200 MB at S = 100k) would be a fresh mapping, page-faulted anew every step; and the update
+# holds only a chunk of extra rows at a time instead of two [S, D] copies.
+CHUNK_BYTES = 16 * 2**20
+
+
+def row_chunks(num_rows, row_length, itemsize=4):
+    """[(start, stop)] covering range(num_rows) in chunks of about CHUNK_BYTES."""
+    step = max(1, CHUNK_BYTES // (row_length * itemsize))
+    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+def covers_every_row(index, num_rows):
+    """True when `index` is 0, 1, ..., num_rows - 1 in order (Partial FC at sample ratio 1.0)."""
+    if index.shape[0] != num_rows:
+        return False
+    return bool(paddle.equal_all(index, paddle.arange(num_rows, dtype=index.dtype)))
+
+
+def momentum_in_place(weight, velocity, grad, lr, momentum, weight_decay):
+    """v = mu * v + grad + wd * w;  w -= lr * v, on whole tensors in place; `grad` is used as scratch.
+
+    weight, velocity, grad: [S, D] of one dtype. Writing the products into `grad` instead of into
+    fresh tensors saves a [S, D] allocation each (page faulting a fresh 200 MB costs more than
+    the arithmetic on this CPU); the gradient is spent once the velocity holds it.
+    """
+    velocity.scale_(momentum).add_(grad)
+    if weight_decay:
+        paddle.assign(weight, output=grad)
+        velocity.add_(grad.scale_(weight_decay))
+    paddle.assign(velocity, output=grad)
+    weight.subtract_(grad.scale_(lr))
+
+
 @paddle.no_grad()
-def sparse_momentum_update(weight, velocity, index, grad_rows, lr, momentum, weight_decay):
-    """Momentum SGD with L2 weight decay on rows `index` only, in place.
+def sparse_momentum_update(weight, velocity, index, grad_rows, lr, momentum, weight_decay, weight_rows=None):
+    """Momentum SGD with L2 weight decay on rows `index` only, in place; `grad_rows` is consumed (scratch).
 
     g = grad_rows + wd * W_I;  v_I = mu * v_I + g;  W_I -= lr * v_I.
     weight, velocity: [C, D] float32; index: [S] int64, unique; grad_rows: [S, D].
+    weight_rows: optional [S, D] holding the current W_I (the head's sampled copy), used instead of
+    gathering the rows again and updated in place along with `weight`.
     """
-    weight_rows = paddle.gather(weight, index)
-    velocity_rows = paddle.gather(velocity, index)
-    velocity_rows.scale_(momentum).add_(grad_rows.astype(weight.dtype))
-    if weight_decay:
-        velocity_rows.add_(paddle.scale(weight_rows, weight_decay))
-    weight_rows.subtract_(paddle.scale(velocity_rows, lr))
-    paddle.scatter_(velocity, index, velocity_rows, overwrite=True)
-    paddle.scatter_(weight, index, weight_rows, overwrite=True)
+    if grad_rows.dtype != weight.dtype:
+        grad_rows = grad_rows.astype(weight.dtype)
+    if covers_every_row(index, weight.shape[0]):
+        # Every row moves: update the tables themselves, no gather and no scatter.
+        momentum_in_place(weight, velocity, grad_rows, lr, momentum, weight_decay)
+        return
+    for start, stop in row_chunks(index.shape[0], weight.shape[1]):
+        rows = index[start:stop]
+        # A slice of weight_rows is a view: updating it updates the caller's copy too.
+        weight_chunk = paddle.gather(weight, rows) if weight_rows is None else weight_rows[start:stop]
+        velocity_chunk = paddle.gather(velocity, rows)
+        momentum_in_place(weight_chunk, velocity_chunk, grad_rows[start:stop], lr, momentum, weight_decay)
+        paddle.scatter_(velocity, rows, velocity_chunk, overwrite=True)
+        paddle.scatter_(weight, rows, weight_chunk, overwrite=True)
 
 
 @paddle.no_grad()

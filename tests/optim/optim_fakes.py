@@ -1,12 +1,16 @@
 """Tiny stand-ins for the parts the optimizer meets: parameters with known gradients and a sparse head."""
 import numpy as np
 import paddle
+from paddle.utils import unique_name
 
 
 def parameter(values, name):
-    """A trainable Parameter holding `values` (float32), named `name`."""
+    """A trainable Parameter holding `values` (float32), named `name` plus a suffix ('_3').
+
+    Paddle refuses two parameters of one name in a process, and every test builds its own.
+    """
     values = np.asarray(values, dtype=np.float32)
-    param = paddle.create_parameter(list(values.shape), "float32", name=name,
+    param = paddle.create_parameter(list(values.shape), "float32", name=unique_name.generate(name),
                                     default_initializer=paddle.nn.initializer.Assign(values))
     param.stop_gradient = False
     return param

@@ -1,0 +1,320 @@
+"""Benchmark one classification-head step: sampling, cosine logits, loss, backward, sparse update.
+
+    flock /tmp/plsc_bench.lock python tools/bench_head.py                  # 100k / 1M / 2M classes
+    flock /tmp/plsc_bench.lock python tools/bench_head.py --quick          # 100k only (smoke run)
+    python tools/bench_head.py --heads PartialFC+ArcFace --classes 100000 --ratios 0.1 --output ''
+
+One step = head forward (PartialFC: sample the class centres, cosine logits), loss forward, backward
+(to the sampled centres and to the embeddings), and the FaceOptimizer step (sparse Momentum on the
+sampled rows). The embeddings [batch, 512] stand in for a backbone's output. Each configuration runs
+in a fresh subprocess, so its peak resident memory (VmHWM) is its own; a watchdog stops a run whose
+resident memory passes --max-memory-gb. The median of the timed steps after warm-up is reported,
+with each phase's median, as a markdown table (printed, and written to --output with the targets).
+
+Head/loss pairs are registry names plus keyword arguments (HEAD_LOSS_PAIRS): a new head is a new
+entry, selected with --heads.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import plsc  # noqa: E402,F401  (before Paddle: sets the CPU thread variables Paddle reads at import)
+
+# name -> the head and the loss, each (registry name, keyword arguments). The bench adds
+# num_classes, embedding_size and sample_ratio to the head's keyword arguments.
+HEAD_LOSS_PAIRS = {
+    "PartialFC+ArcFace": {"head": ("PartialFC", {"model_parallel": False, "seed": 2022}),
+                          "loss": ("MarginLoss", {"m1": 1.0, "m2": 0.5, "m3": 0.0, "s": 64.0})},
+    "PartialFC+CosFace": {"head": ("PartialFC", {"model_parallel": False, "seed": 2022}),
+                          "loss": ("MarginLoss", {"m1": 1.0, "m2": 0.0, "m3": 0.4, "s": 64.0})},
+}
+# PLSC's face configs: Momentum 0.9, weight decay 5e-4, lr 0.1.
+OPTIMIZER = {"name": "Momentum", "momentum": 0.9, "weight_decay": 5e-4}
+LEARNING_RATE = 0.1
+PHASES = ("forward_head", "forward_loss", "backward", "optimizer_step")
+# The generated part of the markdown output sits between these; the text around it is kept.
+BEGIN, END = "<!-- bench_head.py: begin -->", "<!-- bench_head.py: end -->"
+
+FULL_CLASSES = (100_000, 1_000_000, 2_000_000)
+QUICK_CLASSES = (100_000,)
+RATIOS = (1.0, 0.1)
+TARGETS = """\
+Targets (issue 4): at 1M classes and sample ratio 0.1 a step takes < 0.8 s and the process peaks
+below 5 GB; the ratio-0.1 step takes <= 0.2x the ratio-1.0 step; the time grows linearly with
+the number of classes."""
+
+
+# ---- one configuration (runs in the child process) ------------------------------------------
+def read_status_kib(field, pid="self"):
+    """A `VmXXX:` line of /proc/<pid>/status in KiB, or None when unreadable (process gone, not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def run_configuration(pair_name, num_classes, sample_ratio, batch_size, embedding_size, warmup_steps,
+                      timed_steps, seed):
+    """Build the pair, run warm-up + timed steps; returns a dict of timings (s) and memory (bytes)."""
+    import resource
+
+    import numpy as np
+    import paddle
+
+    import plsc.heads  # noqa: F401  (fills HEADS)
+    import plsc.loss  # noqa: F401  (fills LOSSES)
+    from plsc.optim import build_optimizer
+    from plsc.registry import HEADS, LOSSES
+
+    pair = HEAD_LOSS_PAIRS[pair_name]
+    head_name, head_kwargs = pair["head"]
+    loss_name, loss_kwargs = pair["loss"]
+    rss_after_import = read_status_kib("VmRSS") * 1024
+
+    started = time.perf_counter()
+    head = HEADS.build(head_name, num_classes=num_classes, embedding_size=embedding_size,
+                       sample_ratio=sample_ratio, **head_kwargs)
+    loss_fn = LOSSES.build(loss_name, **loss_kwargs)
+    optimizer = build_optimizer(OPTIMIZER, [], [head], lr=LEARNING_RATE)
+    build_seconds = time.perf_counter() - started
+
+    rng = np.random.default_rng(seed)
+    phase_times = {phase: [] for phase in PHASES}
+    step_times, cpu_times = [], []
+    for step in range(warmup_steps + timed_steps):
+        embeddings = paddle.to_tensor(rng.standard_normal((batch_size, embedding_size)).astype(np.float32),
+                                      stop_gradient=False)
+        labels = paddle.to_tensor(rng.integers(0, num_classes, size=batch_size))
+        cpu_start = time.process_time()
+        marks = [time.perf_counter()]
+        cos_logits, local_labels = head(embeddings, labels)
+        marks.append(time.perf_counter())
+        loss = loss_fn(cos_logits, local_labels)
+        marks.append(time.perf_counter())
+        loss.backward()
+        marks.append(time.perf_counter())
+        optimizer.step()
+        optimizer.clear_grad()
+        marks.append(time.perf_counter())
+        del cos_logits, local_labels, loss, embeddings
+        if step >= warmup_steps:
+            step_times.append(marks[-1] - marks[0])
+            cpu_times.append(time.process_time() - cpu_start)
+            for phase, begin, end in zip(PHASES, marks, marks[1:]):
+                phase_times[phase].append(end - begin)
+    return {
+        "pair": pair_name, "num_classes": num_classes, "sample_ratio": sample_ratio,
+        "num_sampled": int(head.sampled_index.shape[0]), "batch_size": batch_size,
+        "embedding_size": embedding_size, "build_seconds": build_seconds,
+        "step_seconds": statistics.median(step_times), "step_seconds_all": step_times,
+        "cpu_seconds": statistics.median(cpu_times),
+        "phase_seconds": {phase: statistics.median(times) for phase, times in phase_times.items()},
+        "peak_bytes": read_status_kib("VmHWM") * 1024,
+        "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_after_import_bytes": rss_after_import,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+# ---- the parent: one subprocess per configuration -------------------------------------------
+def minimum_step_bytes(num_classes, sample_ratio, embedding_size):
+    """A lower bound of a step's memory: table, momentum, sampled rows and their gradient (float32).
+
+    At ratio 1.0 the sampled rows are the table itself (a view), so only the gradient is added.
+    """
+    sampled = int(sample_ratio * num_classes)
+    extra_rows = sampled if sample_ratio >= 1.0 else 2 * sampled
+    return (2 * num_classes + extra_rows) * embedding_size * 4
+
+
+def run_in_subprocess(config, max_memory_bytes):
+    """Run one configuration in a fresh interpreter; a watchdog kills it past max_memory_bytes."""
+    command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(config)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    exceeded = []
+
+    def watch():
+        while child.poll() is None:
+            rss = read_status_kib("VmRSS", child.pid)
+            if rss is not None and rss * 1024 > max_memory_bytes:
+                exceeded.append(rss * 1024)
+                child.kill()
+                return
+            time.sleep(0.05)
+
+    watchdog = threading.Thread(target=watch, daemon=True)
+    watchdog.start()
+    stdout, stderr = child.communicate()
+    watchdog.join()
+    if exceeded:
+        return {**config, "error": f"stopped: resident memory passed {max_memory_bytes / 2**30:.1f} GiB"}
+    if child.returncode != 0:
+        return {**config, "error": f"exit {child.returncode}: {stderr.strip().splitlines()[-1:]}"}
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def gib(value):
+    return f"{value / 2**30:.2f}"
+
+
+def markdown_table(results):
+    header = ("| head + loss | classes | ratio | sampled | step (s) | min (s) | CPU (s) | head fwd | loss fwd | "
+              "backward | optim step | peak RSS (GiB) | build (s) |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for result in results:
+        prefix = f"| {result['pair']} | {result['num_classes']:,} | {result['sample_ratio']} |"
+        if "error" in result:
+            rows.append(f"{prefix} | {result['error']} | | | | | | | | |")
+            continue
+        phases = " | ".join(f"{result['phase_seconds'][phase]:.3f}" for phase in PHASES)
+        rows.append(f"{prefix} {result['num_sampled']:,} | **{result['step_seconds']:.3f}** | "
+                    f"{min(result['step_seconds_all']):.3f} | {result['cpu_seconds']:.3f} | {phases} | "
+                    f"{gib(result['peak_bytes'])} | {result['build_seconds']:.1f} |")
+    return "\n".join([header, *rows])
+
+
+def target_checks(results):
+    """Lines saying whether each issue-4 target is met by these results (only those measurable)."""
+    done = {(r["pair"], r["num_classes"], r["sample_ratio"]): r for r in results if "error" not in r}
+    lines = []
+    for pair in dict.fromkeys(r["pair"] for r in results):
+        sampled = done.get((pair, 1_000_000, 0.1))
+        if sampled:
+            lines.append(f"- {pair}, 1M classes, ratio 0.1: step {sampled['step_seconds']:.3f} s "
+                         f"({'meets' if sampled['step_seconds'] < 0.8 else 'misses'} < 0.8 s), peak "
+                         f"{gib(sampled['peak_bytes'])} GiB ({'meets' if sampled['peak_bytes'] < 5e9 else 'misses'}"
+                         f" < 5 GB)")
+        for classes in sorted({key[1] for key in done if key[0] == pair}):
+            full, part = done.get((pair, classes, 1.0)), done.get((pair, classes, 0.1))
+            if full and part:
+                ratio = part["step_seconds"] / full["step_seconds"]
+                lines.append(f"- {pair}, {classes:,} classes: ratio-0.1 step / ratio-1.0 step = {ratio:.3f} "
+                             f"({'meets' if ratio <= 0.2 else 'misses'} <= 0.2)")
+        for sample_ratio in RATIOS:
+            points = sorted((key[1], r["step_seconds"]) for key, r in done.items()
+                            if key[0] == pair and key[2] == sample_ratio)
+            if len(points) >= 2:
+                per_class = ", ".join(f"{classes:,}: {1e6 * seconds / classes:.2f}" for classes, seconds in points)
+                lines.append(f"- {pair}, ratio {sample_ratio}: microseconds per class per step ({per_class}); "
+                             "constant means linear in the class count")
+    return lines
+
+
+def machine_line():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            memory = int(meminfo.readline().split()[1]) * 1024
+    except OSError:
+        pass
+    memory_text = f", {gib(memory)} GiB RAM" if memory else ""
+    return f"{cpu}, {os.cpu_count()} cores{memory_text}, Python {platform.python_version()}"
+
+
+def write_section(path, section):
+    """Put `section` between the bench markers of the markdown file `path`, keeping the text around it."""
+    text = f"# Head benchmark\n\n{BEGIN}\n{END}\n"
+    if os.path.exists(path):
+        with open(path) as handle:
+            text = handle.read()
+    if BEGIN not in text or END not in text:
+        text = f"{text.rstrip()}\n\n{BEGIN}\n{END}\n"
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(f"{before}{BEGIN}\n{section.strip()}\n{END}{after}")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100k classes only (a smoke run)")
+    parser.add_argument("--heads", nargs="+", default=["PartialFC+ArcFace"], choices=sorted(HEAD_LOSS_PAIRS),
+                        help="head/loss pairs to run (HEAD_LOSS_PAIRS)")
+    parser.add_argument("--classes", nargs="+", type=int, help="class counts (default 100k 1M 2M)")
+    parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--embedding-size", type=int, default=512)
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--max-memory-gb", type=float, default=10.0,
+                        help="stop a run whose resident memory passes this (the machine is shared)")
+    parser.add_argument("--output", default=os.path.join(REPO_ROOT, "docs", "bench_head.md"),
+                        help="markdown file whose measured section is replaced ('' to only print)")
+    parser.add_argument("--json", help="also write the raw results (every step time) to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        config = json.loads(args.child)
+        print(json.dumps(run_configuration(**config)))
+        return 0
+
+    classes = args.classes or (QUICK_CLASSES if args.quick else FULL_CLASSES)
+    max_memory = args.max_memory_gb * 2**30
+    load_before = os.getloadavg()
+    results = []
+    for pair in args.heads:
+        for num_classes in classes:
+            for sample_ratio in args.ratios:
+                config = dict(pair_name=pair, num_classes=num_classes, sample_ratio=sample_ratio,
+                              batch_size=args.batch_size, embedding_size=args.embedding_size,
+                              warmup_steps=args.warmup_steps, timed_steps=args.steps, seed=0)
+                needed = minimum_step_bytes(num_classes, sample_ratio, args.embedding_size)
+                if needed > max_memory:
+                    result = {**config, "error": f"not run: needs over {gib(needed)} GiB (table, momentum, "
+                                                 f"gradient), limit {args.max_memory_gb:g}"}
+                else:
+                    result = run_in_subprocess(config, max_memory)
+                result.setdefault("pair", pair)
+                results.append(result)
+                print(markdown_table(results[-1:]).splitlines()[-1], flush=True)
+
+    table = markdown_table(results)
+    checks = target_checks(results)
+    command = "python tools/bench_head.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = "\n".join([
+        "## Measured", "",
+        f"`{command.strip()}` on {datetime.date.today().isoformat()}; {machine_line()}; "
+        f"OMP_NUM_THREADS={results[0].get('threads') if results else '?'}; batch {args.batch_size}, "
+        f"{args.embedding_size}-d embeddings, median of {args.steps} steps after {args.warmup_steps} warm-up "
+        "steps (min: fastest of them; CPU: process CPU time of the median step, all threads); peak = VmHWM "
+        "of a fresh process per row (includes ~0.3 GiB for Python + Paddle). Load average (1 min) "
+        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores: above ~1 "
+        "other processes were competing for the CPU.", "",
+        table, "", TARGETS, "", *checks, ""])
+    print("\n" + report)
+    if args.output:
+        write_section(args.output, report)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
