@@ -156,25 +156,21 @@ def face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim, d
                    num_heads=8, mlp_ratio=4.0, drop_path_rate=drop_path_rate, mask_ratio=mask_ratio)
 
 
-@MODELS.register("FaceViT_tiny_patch9_112")
-def face_vit_tiny(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
-    """FaceViT-T: width 256, 12 blocks, 8 heads."""
-    return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=256, depth=12)
+# PLSC's sizes: name -> (width, blocks); 8 heads, MLP ratio 4 throughout.
+SIZES = {"tiny": (256, 12), "small": (512, 12), "base": (512, 24), "large": (768, 24)}
 
 
-@MODELS.register("FaceViT_small_patch9_112")
-def face_vit_small(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
-    """FaceViT-S: width 512, 12 blocks, 8 heads."""
-    return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=512, depth=12)
+def register_size(size):
+    """Register `FaceViT_{size}_patch9_112` with the width and depth of SIZES[size]."""
+    embed_dim, depth = SIZES[size]
+
+    def build(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
+        return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=embed_dim, depth=depth)
+
+    build.__name__ = f"face_vit_{size}"
+    build.__doc__ = f"FaceViT-{size}: width {embed_dim}, {depth} blocks, 8 heads."
+    MODELS.register(f"FaceViT_{size}_patch9_112")(build)
 
 
-@MODELS.register("FaceViT_base_patch9_112")
-def face_vit_base(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
-    """FaceViT-B: width 512, 24 blocks, 8 heads."""
-    return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=512, depth=24)
-
-
-@MODELS.register("FaceViT_large_patch9_112")
-def face_vit_large(*, num_features=512, data_format="NCHW", drop_path_rate=0.0, mask_ratio=0.0):
-    """FaceViT-L: width 768, 24 blocks, 8 heads."""
-    return face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim=768, depth=24)
+for _size in SIZES:
+    register_size(_size)

@@ -139,36 +139,16 @@ class IResNet(nn.Layer):
 MODELS.register("IResNet")(IResNet)
 
 
-@MODELS.register("IResNet18")
-def iresnet18(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc"):
-    """IResNet-18, stages 2-2-2-2."""
-    return IResNet(num_features=num_features, data_format=data_format, dropout=dropout,
-                   output_layer=output_layer, layers=DEPTHS[18])
+def register_depth(depth):
+    """Register `IResNet{depth}`: the generic IResNet with the published stage depths DEPTHS[depth]."""
+    def build(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc"):
+        return IResNet(num_features=num_features, data_format=data_format, dropout=dropout,
+                       output_layer=output_layer, layers=DEPTHS[depth])
+
+    build.__name__ = f"iresnet{depth}"
+    build.__doc__ = f"IResNet-{depth}, stages {'-'.join(map(str, DEPTHS[depth]))}."
+    MODELS.register(f"IResNet{depth}")(build)
 
 
-@MODELS.register("IResNet34")
-def iresnet34(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc"):
-    """IResNet-34, stages 3-4-6-3."""
-    return IResNet(num_features=num_features, data_format=data_format, dropout=dropout,
-                   output_layer=output_layer, layers=DEPTHS[34])
-
-
-@MODELS.register("IResNet50")
-def iresnet50(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc"):
-    """IResNet-50, stages 3-4-14-3."""
-    return IResNet(num_features=num_features, data_format=data_format, dropout=dropout,
-                   output_layer=output_layer, layers=DEPTHS[50])
-
-
-@MODELS.register("IResNet100")
-def iresnet100(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc"):
-    """IResNet-100, stages 3-13-30-3."""
-    return IResNet(num_features=num_features, data_format=data_format, dropout=dropout,
-                   output_layer=output_layer, layers=DEPTHS[100])
-
-
-@MODELS.register("IResNet200")
-def iresnet200(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc"):
-    """IResNet-200, stages 6-26-60-6."""
-    return IResNet(num_features=num_features, data_format=data_format, dropout=dropout,
-                   output_layer=output_layer, layers=DEPTHS[200])
+for _depth in DEPTHS:
+    register_depth(_depth)

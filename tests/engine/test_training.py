@@ -4,7 +4,7 @@ import pytest
 
 from plsc.config import load_config
 from plsc.engine.trainer import Trainer
-from tests.engine.tiny_run import write_tiny_config, write_tiny_data
+from tests.engine.tiny_run import record_losses, write_tiny_config, write_tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -17,20 +17,6 @@ def data_root(tmp_path_factory):
 def make_trainer(tmp_path, data_root, overrides=(), changes=None):
     config = load_config(str(write_tiny_config(tmp_path, data_root, changes)), list(overrides))
     return Trainer(config)
-
-
-def record_losses(trainer):
-    """Make `trainer` append every step's total loss (a float) to the returned list."""
-    losses = []
-    step = trainer.train_step
-
-    def recording_step(images, labels):
-        total, parts = step(images, labels)
-        losses.append(float(total))
-        return total, parts
-
-    trainer.train_step = recording_step
-    return losses
 
 
 def test_loss_falls_and_held_out_accuracy_rises(tmp_path, data_root):

@@ -63,3 +63,17 @@ def write_tiny_config(directory, data_root, changes=None, num_classes=12):
     path = Path(directory) / "tiny.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path
+
+
+def record_losses(trainer):
+    """Make `trainer` append every step's total loss (a float) to the returned list."""
+    losses = []
+    step = trainer.train_step
+
+    def recording_step(images, labels):
+        total, parts = step(images, labels)
+        losses.append(float(total))
+        return total, parts
+
+    trainer.train_step = recording_step
+    return losses

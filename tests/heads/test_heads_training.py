@@ -7,6 +7,7 @@ from heads_tiny import NUM_CLASSES, write_head_config
 from plsc.config import load_config
 from plsc.data.synthetic import ensure_quickstart_data
 from plsc.engine.trainer import Trainer
+from tests.engine.tiny_run import record_losses
 
 pytestmark = pytest.mark.slow
 HEADS = ["curricularface", "adaface", "magface", "subcenter", "centerloss", "l2softmax", "groupface"]
@@ -21,19 +22,6 @@ def data_root(tmp_path_factory):
 
 def make_trainer(directory, data_root, head, overrides=(), changes=None):
     return Trainer(load_config(str(write_head_config(directory, data_root, head, changes)), list(overrides)))
-
-
-def record_losses(trainer):
-    losses = []
-    step = trainer.train_step
-
-    def recording_step(images, labels):
-        total, parts = step(images, labels)
-        losses.append(float(total))
-        return total, parts
-
-    trainer.train_step = recording_step
-    return losses
 
 
 @pytest.mark.parametrize("head", HEADS)
