@@ -304,8 +304,8 @@ def main(argv=None):
         f"{args.embedding_size}-d embeddings, median of {args.steps} steps after {args.warmup_steps} warm-up "
         "steps (min: fastest of them; CPU: process CPU time of the median step, all threads); peak = VmHWM "
         "of a fresh process per row (includes ~0.3 GiB for Python + Paddle). Load average (1 min) "
-        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores: above ~1 "
-        "other processes were competing for the CPU.", "",
+        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores; the bench "
+        "itself accounts for up to 2, more means other work shared the CPU.", "",
         table, "", TARGETS, "", *checks, ""])
     print("\n" + report)
     if args.output:

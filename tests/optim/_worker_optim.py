@@ -27,7 +27,8 @@ def clip_gradients(rank):
 
 def initial_values(rank):
     """Same dense start on every rank, a different shard per rank."""
-    return np.linspace(-1.0, 1.0, 12).reshape(DENSE_SHAPE), np.random.default_rng(200 + rank).standard_normal((ROWS, DIM))
+    shard = np.random.default_rng(200 + rank).standard_normal((ROWS, DIM))
+    return np.linspace(-1.0, 1.0, 12).reshape(DENSE_SHAPE), shard
 
 
 def global_batch(world):

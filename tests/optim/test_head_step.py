@@ -1,5 +1,5 @@
-"""The pieces of a head step that were rewritten for speed: cosine logits' hand-written backward, and
-the sparse Momentum update's full-table path, against numpy written from the formulas."""
+"""The pieces of a head step that were rewritten for speed, against numpy written from the formulas:
+cosine logits' hand-written backward, and the sparse Momentum update's in-place, chunked and whole-table paths."""
 import numpy as np
 import paddle
 import pytest
@@ -55,11 +55,13 @@ def test_cosine_logits_and_gradients_match_numpy(inputs, trainable, chunking):
     np.testing.assert_allclose(cos.numpy(), expected_cos, atol=1e-6)
     assert cos.numpy().max() <= 1.0 and cos.dtype == paddle.float32
     if trainable in ("both", "embeddings"):
-        np.testing.assert_allclose(x.grad.numpy(), expected_grad_x, rtol=1e-4, atol=1e-5 * np.abs(expected_grad_x).max())
+        np.testing.assert_allclose(x.grad.numpy(), expected_grad_x, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected_grad_x).max())
     else:
         assert x.grad is None
     if trainable in ("both", "centers"):
-        np.testing.assert_allclose(w.grad.numpy(), expected_grad_w, rtol=1e-4, atol=1e-5 * np.abs(expected_grad_w).max())
+        np.testing.assert_allclose(w.grad.numpy(), expected_grad_w, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected_grad_w).max())
     else:
         assert w.grad is None
 
