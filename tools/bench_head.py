@@ -32,12 +32,24 @@ import plsc  # noqa: E402,F401  (before Paddle: sets the CPU thread variables Pa
 
 # name -> the head and the loss, each (registry name, keyword arguments). The bench adds
 # num_classes, embedding_size and sample_ratio to the head's keyword arguments.
+ARCFACE = {"MarginLoss": {"m1": 1.0, "m2": 0.5, "m3": 0.0, "s": 64.0}}
+PARTIAL_FC = ("PartialFC", {"model_parallel": False, "seed": 2022})
 HEAD_LOSS_PAIRS = {
-    "PartialFC+ArcFace": {"head": ("PartialFC", {"model_parallel": False, "seed": 2022}),
-                          "loss": ("MarginLoss", {"m1": 1.0, "m2": 0.5, "m3": 0.0, "s": 64.0})},
-    "PartialFC+CosFace": {"head": ("PartialFC", {"model_parallel": False, "seed": 2022}),
-                          "loss": ("MarginLoss", {"m1": 1.0, "m2": 0.0, "m3": 0.4, "s": 64.0})},
+    "PartialFC+ArcFace": {"head": PARTIAL_FC, "losses": [ARCFACE]},
+    "PartialFC+CosFace": {"head": PARTIAL_FC,
+                          "losses": [{"MarginLoss": {"m1": 1.0, "m2": 0.0, "m3": 0.4, "s": 64.0}}]},
+    "PartialFC+CurricularFace": {"head": PARTIAL_FC, "losses": [{"CurricularFace": {"m": 0.5, "s": 64.0}}]},
+    "PartialFC+AdaFace": {"head": PARTIAL_FC, "losses": [{"AdaFace": {}}]},
+    "PartialFC+MagFace": {"head": PARTIAL_FC, "losses": [{"MagFace": {}}]},
+    "PartialFC+L2Softmax": {"head": PARTIAL_FC, "losses": [{"L2Softmax": {"s": 64.0}}]},
+    "PartialFC+ArcFace+CenterLoss": {"head": PARTIAL_FC, "losses": [ARCFACE, {"CenterLoss": {"weight": 0.5}}]},
+    "SubCenterPartialFC+ArcFace": {"head": ("SubCenterPartialFC", {"model_parallel": False, "seed": 2022,
+                                                                   "num_subcenters": 3}),
+                                   "losses": [ARCFACE]},
 }
+# Issue 8: every head within 1.3x of ArcFace's step in the same run, Sub-center within 3.5x.
+RELATIVE_TARGETS = {"SubCenterPartialFC+ArcFace": 3.5}
+DEFAULT_RELATIVE_TARGET = 1.3
 # PLSC's face configs: Momentum 0.9, weight decay 5e-4, lr 0.1.
 OPTIMIZER = {"name": "Momentum", "momentum": 0.9, "weight_decay": 5e-4}
 LEARNING_RATE = 0.1
@@ -76,20 +88,22 @@ def run_configuration(pair_name, num_classes, sample_ratio, batch_size, embeddin
     import paddle
 
     import plsc.heads  # noqa: F401  (fills HEADS)
-    import plsc.loss  # noqa: F401  (fills LOSSES)
+    from plsc.loss.combined import CombinedLoss
+    from plsc.loss.inputs import LossInputs
     from plsc.optim import build_optimizer
-    from plsc.registry import HEADS, LOSSES
+    from plsc.registry import HEADS
 
     pair = HEAD_LOSS_PAIRS[pair_name]
     head_name, head_kwargs = pair["head"]
-    loss_name, loss_kwargs = pair["loss"]
     rss_after_import = read_status_kib("VmRSS") * 1024
 
     started = time.perf_counter()
     head = HEADS.build(head_name, num_classes=num_classes, embedding_size=embedding_size,
                        sample_ratio=sample_ratio, **head_kwargs)
-    loss_fn = LOSSES.build(loss_name, **loss_kwargs)
-    optimizer = build_optimizer(OPTIMIZER, [], [head], lr=LEARNING_RATE)
+    # The trainer's objective: a weighted sum of `Loss.Train` entries; their tables (CenterLoss's
+    # centres) are updated sparsely beside the head's.
+    loss_fn = CombinedLoss(pair["losses"])
+    optimizer = build_optimizer(OPTIMIZER, [], [head, *loss_fn.attach(head)], lr=LEARNING_RATE)
     build_seconds = time.perf_counter() - started
 
     rng = np.random.default_rng(seed)
@@ -103,7 +117,7 @@ def run_configuration(pair_name, num_classes, sample_ratio, batch_size, embeddin
         marks = [time.perf_counter()]
         cos_logits, local_labels = head(embeddings, labels)
         marks.append(time.perf_counter())
-        loss = loss_fn(cos_logits, local_labels)
+        loss, _ = loss_fn(LossInputs(cos_logits, local_labels, embeddings, labels, head))
         marks.append(time.perf_counter())
         loss.backward()
         marks.append(time.perf_counter())
@@ -215,6 +229,22 @@ def target_checks(results):
     return lines
 
 
+def relative_checks(results, reference="PartialFC+ArcFace"):
+    """Lines giving each pair's step time relative to `reference` at the same classes and ratio."""
+    done = {(r["pair"], r["num_classes"], r["sample_ratio"]): r for r in results if "error" not in r}
+    lines = []
+    for (pair, classes, ratio), result in done.items():
+        base = done.get((reference, classes, ratio))
+        if pair == reference or base is None:
+            continue
+        relative = result["step_seconds"] / base["step_seconds"]
+        target = RELATIVE_TARGETS.get(pair, DEFAULT_RELATIVE_TARGET)
+        lines.append(f"- {pair}, {classes:,} classes, ratio {ratio}: {relative:.2f}x {reference}'s step "
+                     f"({'meets' if relative <= target else 'misses'} <= {target}x), peak "
+                     f"{gib(result['peak_bytes'])} GiB vs {gib(base['peak_bytes'])} GiB")
+    return lines
+
+
 def machine_line():
     cpu = platform.processor() or platform.machine()
     try:
@@ -295,7 +325,7 @@ def main(argv=None):
                 print(markdown_table(results[-1:]).splitlines()[-1], flush=True)
 
     table = markdown_table(results)
-    checks = target_checks(results)
+    checks = target_checks(results) + relative_checks(results)
     command = "python tools/bench_head.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = "\n".join([
         "## Measured", "",
