@@ -6,6 +6,8 @@ only sees "Blocking queue is killed". So a dataset does not raise in a worker: i
 re-reads the first bad sample in the main process, where the dataset's own PlscError (naming the
 file and label-list line or record key) surfaces normally.
 """
+import gc
+
 import numpy as np
 from paddle.io import DataLoader
 
@@ -33,6 +35,7 @@ class CheckedLoader:
     def __init__(self, dataset, batch_sampler, num_workers=0, use_shared_memory=True):
         self.dataset = dataset
         self.batch_sampler = batch_sampler
+        self.num_workers = num_workers
         self.loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
                                  use_shared_memory=use_shared_memory, collate_fn=collate_checked,
                                  return_list=True)
@@ -41,6 +44,10 @@ class CheckedLoader:
         return len(self.loader)
 
     def __iter__(self):
+        if self.num_workers > 0:
+            # Paddle 3.3 can deadlock a freshly forked worker while a finished single-process loader
+            # (e.g. the evaluation's) still awaits collection; collecting first avoids it.
+            gc.collect()
         for images, labels in self.loader:
             if images.ndim == 2:  # the marker batch of collate_checked
                 self.raise_for(int(labels[0]))
