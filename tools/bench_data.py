@@ -8,6 +8,7 @@ report. Run it alone on the machine (other helpers share the CPU):
 """
 import argparse
 import datetime
+import gc
 import os
 import platform
 import statistics
@@ -71,10 +72,11 @@ def timed_pass(loader, dataset, epoch):
     """
     loader.batch_sampler.set_epoch(epoch)
     dataset.set_epoch(epoch)
+    # Paddle 3.3 can deadlock a new worker forked while a finished num_workers=0 iterator still
+    # waits for garbage collection (docs/bench_data.md); collecting first avoids it, untimed.
+    gc.collect()
     start = time.perf_counter()
     first_batch_done, count = None, 0
-    # Every pass runs to the end, so no worker outlives its loop: forking while another loader's
-    # thread allocates can deadlock the child (see docs/bench_data.md).
     for images, _ in loader:
         if first_batch_done is None:
             first_batch_done = time.perf_counter()
