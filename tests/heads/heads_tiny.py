@@ -3,6 +3,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.engine.tiny_run import set_key
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 32
 NUM_CLASSES = 60  # with sample_ratio 0.3 each step samples 18 of 60 centres: real negative sampling
@@ -25,16 +27,6 @@ PER_HEAD = {
     "magface": {"Loss.Train.0.MagFace.l_a": 1.0, "Loss.Train.0.MagFace.u_a": 10.0},
     "groupface": {"Model.shared_features": 16, "Model.num_groups": 4, "Model.gdn_hidden": 8},
 }
-
-
-def set_key(tree, dotted_key, value):
-    *parents, last = dotted_key.split(".")
-    for part in parents:
-        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
-    if isinstance(tree, list):
-        tree[int(last)] = value
-    else:
-        tree[last] = value
 
 
 def write_head_config(directory, data_root, head, changes=None):
