@@ -13,7 +13,9 @@ from collections import defaultdict
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime
+from onnx import numpy_helper
 import pytest
 
 from plsc.cli import export_main, train_main
@@ -138,12 +140,12 @@ def test_onnx_ijbc_end_to_end_and_feature_cache(exported, ijbc, tmp_path):
 
     # A re-run reuses the cached features (file untouched) and gives the same scores;
     # a protocol switch (no flip) is computed from the same cache.
-    features_mtime = (result_dir / "features.npy").stat().st_mtime_ns
+    features_mtime = (result_dir / "features.npz").stat().st_mtime_ns
     again = run_script("--model-root", exported, "--image-path", ijbc, "--result-dir", tmp_path,
                        "--job", "tiny", "--num-workers", 0)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "using cached features" in again.stdout
-    assert (result_dir / "features.npy").stat().st_mtime_ns == features_mtime
+    assert (result_dir / "features.npz").stat().st_mtime_ns == features_mtime
     np.testing.assert_array_equal(np.load(result_dir / "IJBC.npy"), scores)
     no_flip = run_script("--model-root", exported, "--image-path", ijbc, "--result-dir", tmp_path,
                          "--job", "tiny", "--no-flip-test")
@@ -156,10 +158,23 @@ def test_stale_cache_is_recomputed(exported, ijbc, tmp_path):
     first = run_script("--model-root", exported, "--image-path", ijbc, "--result-dir", tmp_path, "--job", "j",
                        "--num-workers", 0)
     assert first.returncode == 0, first.stderr[-3000:]
-    other_model = tmp_path / "copy.onnx"
-    shutil.copy(exported, other_model)
-    second = run_script("--model-root", other_model, "--image-path", ijbc, "--result-dir", tmp_path,
-                        "--job", "j", "--num-workers", 0)
+    # Another model at the same path, with the old file's size and time stamp: the cache key is the
+    # model's content, so its features are recomputed.
+    model = tmp_path / "model.onnx"
+    shutil.copy(exported, model)
+    third = run_script("--model-root", model, "--image-path", ijbc, "--result-dir", tmp_path, "--job", "k",
+                       "--num-workers", 0)
+    assert third.returncode == 0, third.stderr[-3000:]
+    stat = model.stat()
+    graph = onnx.load(str(model))
+    initializer = graph.graph.initializer[0]
+    changed = numpy_helper.to_array(initializer) + np.float32(1e-3)
+    initializer.CopyFrom(numpy_helper.from_array(changed.astype(numpy_helper.to_array(initializer).dtype),
+                                                 initializer.name))
+    onnx.save(graph, str(model))
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = run_script("--model-root", model, "--image-path", ijbc, "--result-dir", tmp_path,
+                        "--job", "k", "--num-workers", 0)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "recomputing" in second.stdout and "using cached" not in second.stdout
 

@@ -6,7 +6,7 @@
 Steps: read the protocol (meta/), align every loose crop with its 5 landmarks in worker processes,
 embed each image and its mirror image, pool templates (media means summed, L2-normalised), score
 the template pairs and print TAR at FAR 1e-6 .. 1e-1 (x 100, like PLSC). Writes to
-{result-dir}/{job}/: features.npy (+ features.json, the cache key), {target}.npy (pair scores),
+{result-dir}/{job}/: features.npz (the features and their cache key in one file), {target}.npy (pair scores),
 roc.png and results.json. A user error (missing meta file, unreadable image, bad model) is one line
 on stderr and exit code 1.
 """
@@ -36,7 +36,7 @@ from plsc.metrics.roc import DEFAULT_FARS, roc_curve, tar_at_far  # noqa: E402
 PROG = "onnx_ijbc.py"
 RANKS = (1, 5, 10)
 FPIRS = (0.01, 0.1)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def parse_args(argv=None):
@@ -120,34 +120,47 @@ def extract_features(model, image_dir, protocol, batch_size, num_workers):
 
 
 def cache_key(model, protocol, image_dir):
-    """What the cached features depend on: the model file, the preprocessing and the image list."""
-    digest = hashlib.sha1()
-    digest.update("\n".join(protocol.image_names).encode())
-    digest.update(np.ascontiguousarray(protocol.landmarks, dtype=np.float32).tobytes())
-    stat = model.path.stat()
-    return {"version": CACHE_VERSION, "model": str(model.path.resolve()), "model_mtime_ns": stat.st_mtime_ns,
-            "model_size": stat.st_size, "input_mean": model.input_mean, "input_std": model.input_std,
-            "image_dir": str(Path(image_dir).resolve()), "images_sha1": digest.hexdigest()}
+    """What the cached features depend on: the model's bytes, the preprocessing and the image list."""
+    images = hashlib.sha1()
+    images.update("\n".join(protocol.image_names).encode())
+    images.update(np.ascontiguousarray(protocol.landmarks, dtype=np.float32).tobytes())
+    # The model file's content, not its name or time stamp: a model replaced in place (same path,
+    # size and mtime after a copy) must not be served the old model's features.
+    weights = hashlib.sha1()
+    with open(model.path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            weights.update(block)
+    return {"version": CACHE_VERSION, "model_sha1": weights.hexdigest(), "input_mean": model.input_mean,
+            "input_std": model.input_std, "image_dir": str(Path(image_dir).resolve()),
+            "images_sha1": images.hexdigest()}
 
 
 def cached_features(result_dir, key, compute):
-    """features.npy from an earlier run with the same key, else compute() and store it."""
-    feature_path, key_path = result_dir / "features.npy", result_dir / "features.json"
-    if feature_path.is_file() and key_path.is_file():
+    """The features of an earlier run with the same key, else compute() and store them.
+
+    Features and key live in one file, written under a temporary name and renamed: an interrupted
+    run leaves the previous pair or none, never new features under an old key or the reverse.
+    """
+    cache_path = result_dir / "features.npz"
+    for leftover in result_dir.glob("features.partial*.npz"):  # from a run killed while writing
+        leftover.unlink()
+    if cache_path.is_file():
         try:
-            stored = json.loads(key_path.read_text())
-        except json.JSONDecodeError:
-            stored = None
-        if stored == key:
-            print(f"using cached features {feature_path}")
-            return np.load(feature_path)
-        print(f"cached features {feature_path} are from another model or image list; recomputing")
+            with np.load(cache_path, allow_pickle=False) as stored:
+                if json.loads(str(stored["key"])) == key:
+                    print(f"using cached features {cache_path}")
+                    return stored["features"]
+            print(f"cached features {cache_path} are from another model or image list; recomputing")
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            print(f"cached features {cache_path} are unreadable; recomputing")
     features = compute()
     result_dir.mkdir(parents=True, exist_ok=True)
-    partial = result_dir / "features.partial.npy"
-    np.save(partial, features)
-    os.replace(partial, feature_path)  # the key is written last: a torn write is never reused
-    key_path.write_text(json.dumps(key, indent=1))
+    partial = result_dir / f"features.partial{os.getpid()}.npz"
+    with open(partial, "wb") as handle:
+        np.savez(handle, features=features, key=np.array(json.dumps(key, sort_keys=True)))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, cache_path)
     return features
 
 
