@@ -62,6 +62,10 @@ def next_loss_scale(scale, good_steps, bad_steps, found_inf, incr_ratio, decr_ra
     return scale, good_steps, bad_steps
 
 
+class NonFiniteError(PlscError):
+    """A loss or gradient is inf/nan where no dynamic loss scale expects it; the step was not taken."""
+
+
 class DynamicLossScaler:
     """Loss scaling with PLSC's GradScaler keys; `step(optimizer)` unscales, checks and maybe skips.
 
@@ -105,7 +109,8 @@ class DynamicLossScaler:
         inverse = 1.0 / self.scale_value
         found_inf = paddle.zeros([1], dtype="float32")
         for grad in grads:
-            grad.scale_(inverse)
+            if inverse != 1.0:
+                grad.scale_(inverse)
             bad = paddle.logical_not(paddle.isfinite(grad).all()).astype("float32").reshape([1])
             found_inf = paddle.maximum(found_inf, bad)
         # MAX over ranks: an inf in one rank's class-centre rows (which are never all-reduced)
@@ -114,11 +119,15 @@ class DynamicLossScaler:
         return bool(found_inf.item() > 0)
 
     def step(self, optimizer):
-        """Unscale, then optimizer.step() unless some rank found inf/nan; update the scale. True if stepped."""
-        if not self.enable:
-            optimizer.step()
-            return True
+        """Unscale, then optimizer.step() unless some rank found inf/nan; update the scale. True if stepped.
+
+        Without loss scaling (O0) an inf/nan gradient is not an fp16 overflow to skip but a diverged
+        run: NonFiniteError, raised before the weights change. With a scale (dynamic or static, as
+        Paddle's GradScaler) such a step is skipped.
+        """
         found_inf = self.unscale_and_check(optimizer)
+        if found_inf and not self.enable:
+            raise NonFiniteError("a gradient is not finite (inf or nan)")
         if not found_inf:
             optimizer.step()
         self.skipped_last_step = found_inf

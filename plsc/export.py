@@ -1,12 +1,18 @@
 """Backbone export: weights from a checkpoint -> paddle.jit.save -> paddle2onnx -> parity check.
 
-Two paddle2onnx 2.1 behaviours shape this module (shared/PLATFORM.md):
+Two paddle2onnx 2.1 behaviours shape this module:
 - `export(save_file=...)` post-processes with Polygraphy by default, which pip-installs packages at
   run time. We ask for the model bytes (`save_file=None`, which skips every post-processing tool),
   run the ONNX checker ourselves and write the file: nothing is installed at run time.
 - Its converter aborts the whole process (SIGABRT, no Python exception) on an NHWC convolution.
   Backbone weights do not depend on the layout, so we export a copy switched to NCHW and refuse,
   with a PlscError, any traced program that still mentions NHWC.
+
+Backbones with side inputs (a class attribute `side_inputs`, e.g. FaceT's `("is_masked",)`) are
+exported as ONE graph with the side input as a further graph input after 'data': `is_masked`,
+int64 [batch], 0 = holistic and 1 = masked face, picking the prompt set per image. One graph
+serves both kinds and mixed batches; the parity check feeds a batch that mixes 0 and 1. Every
+other backbone keeps its single input 'data'.
 """
 import copy
 import os
@@ -17,7 +23,7 @@ import numpy as np
 import onnx
 import paddle
 
-from plsc.checkpoint import checkpoint_prefix, load_backbone_state
+from plsc.checkpoint import load_backbone_state, load_weights, weights_path
 from plsc.errors import PlscError
 
 # Paddle 3.x's conversion to ONNX is tested here at opset 13; paddle2onnx may raise it further
@@ -27,6 +33,8 @@ PARITY_TOLERANCE = 1e-4
 CHECKPOINT_PREFIX = "backbone."
 # Attributes through which paddle.nn layers (and plsc backbones) remember their layout.
 LAYOUT_ATTRIBUTES = ("data_format", "_data_format", "_data_layout")
+# Side inputs a backbone may declare -> their ONNX dtype; each is one value per image, [batch].
+SIDE_INPUT_DTYPES = {"is_masked": "int64"}
 
 
 class ParityError(PlscError):
@@ -34,23 +42,13 @@ class ParityError(PlscError):
 
 
 def resolve_weights_path(path):
-    """A weights file, or a training checkpoint prefix (`output/X/latest`) -> the `.pdparams` path."""
-    if Path(path).is_file():
-        return Path(path)
-    path = Path(checkpoint_prefix(str(path)) + ".pdparams")
-    if not path.is_file():
-        raise PlscError(f"{path}: weights file not found (give a .pdparams file or a checkpoint prefix "
-                        "such as output/IResNet50/latest)")
-    return path
+    """A weights file, or a training checkpoint (`output/X/latest`) -> the `.pdparams` path."""
+    return Path(weights_path(str(path)))
 
 
 def _read_state(path):
-    try:
-        state = paddle.load(str(path))
-    except Exception as error:  # paddle raises assorted types for corrupt or foreign files
-        raise PlscError(f"{path}: cannot load weights ({error})") from error
-    if not isinstance(state, dict):
-        raise PlscError(f"{path}: expected a state dict, found {type(state).__name__}")
+    """The state dict in `path`, read without running code (plsc.serialization)."""
+    state, _ = load_weights(str(path))
     return state
 
 
@@ -88,11 +86,27 @@ def nchw_copy(backbone):
     return converted
 
 
+def side_inputs(backbone):
+    """Names of the backbone's inputs after the images (`side_inputs` class attribute; none for most)."""
+    names = tuple(getattr(backbone, "side_inputs", ()))
+    unknown = [name for name in names if name not in SIDE_INPUT_DTYPES]
+    if unknown:
+        raise ValueError(f"{type(backbone).__name__} declares side inputs {unknown} that export does not know")
+    return names
+
+
+def side_input_values(backbone, batch):
+    """Side-input arrays for a parity batch: 0, 1, 0, 1, ... so a batch > 1 mixes both values."""
+    return {name: (np.arange(batch) % 2).astype(SIDE_INPUT_DTYPES[name]) for name in side_inputs(backbone)}
+
+
 def _trace(backbone, prefix, input_shape):
-    """paddle.jit.save the backbone with one float32 input named 'data' -> (program, params) paths."""
+    """paddle.jit.save the backbone with float32 input 'data' (+ its side inputs) -> (program, params) paths."""
     prefix = str(prefix)
-    spec = paddle.static.InputSpec(shape=list(input_shape), dtype="float32", name="data")
-    paddle.jit.save(backbone, prefix, input_spec=[spec])
+    specs = [paddle.static.InputSpec(shape=list(input_shape), dtype="float32", name="data")]
+    specs += [paddle.static.InputSpec(shape=[input_shape[0]], dtype=SIDE_INPUT_DTYPES[name], name=name)
+              for name in side_inputs(backbone)]
+    paddle.jit.save(backbone, prefix, input_spec=specs)
     # Paddle 3 writes the PIR program as .json; with PIR switched off it is the legacy .pdmodel.
     program = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
     return program, prefix + ".pdiparams"
@@ -174,15 +188,20 @@ def _normalise_rows(features):
 
 
 def check_parity(backbone, onnx_path, batch=4, seed=0, image_size=(112, 112)):
-    """Max abs difference of L2-normalised Paddle vs onnxruntime (CPU) embeddings of a random batch."""
+    """Max abs difference of L2-normalised Paddle vs onnxruntime (CPU) embeddings of a random batch.
+
+    Side inputs (e.g. `is_masked`) are fed to both, alternating 0 and 1 over the batch.
+    """
     import onnxruntime
 
     images = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(batch, 3, *image_size)).astype(np.float32)
+    extra = side_input_values(backbone, batch)
     backbone.eval()
     with paddle.no_grad():
-        expected = backbone(paddle.to_tensor(images)).numpy()
+        expected = backbone(paddle.to_tensor(images),
+                            **{name: paddle.to_tensor(value) for name, value in extra.items()}).numpy()
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run(None, {session.get_inputs()[0].name: images})[0]
+    actual = session.run(None, {session.get_inputs()[0].name: images, **extra})[0]
     if actual.shape != expected.shape:
         raise ParityError(f"{onnx_path}: ONNX output shape {list(actual.shape)} != Paddle "
                           f"{list(expected.shape)}")
@@ -225,6 +244,7 @@ def export_from_config(config, log=print):
         return program
     path = export_onnx(backbone, f"{output_stem}.onnx", input_shape, check=False)
     difference = assert_parity(backbone, path, input_shape)
-    log(f"wrote {path} (input 'data' {['N' if d is None else d for d in input_shape]}); "
+    inputs = "".join(f", '{name}' {SIDE_INPUT_DTYPES[name]} ['N']" for name in side_inputs(backbone))
+    log(f"wrote {path} (input 'data' {['N' if d is None else d for d in input_shape]}{inputs}); "
         f"ONNX vs Paddle max abs difference {difference:.2e} (limit {PARITY_TOLERANCE:g})")
     return path

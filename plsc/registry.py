@@ -58,3 +58,4 @@ TRANSFORMS = Registry("transform op")
 OPTIMIZERS = Registry("optimizer")
 LR_SCHEDULERS = Registry("LR scheduler")
 METRICS = Registry("metric")
+TASKS = Registry("task")  # Global.task_type: what one training step optimises

@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from plsc.amp import DynamicLossScaler, build_amp, next_loss_scale
+from plsc.amp import DynamicLossScaler, NonFiniteError, build_amp, next_loss_scale
 from plsc.errors import PlscError
 from plsc.optim import build_optimizer
 
@@ -130,6 +130,21 @@ def test_static_scale_still_skips_but_keeps_its_value():
     model.backward(16.0, np.ones((3, 2)), [0], np.ones((1, 2)))
     assert scaler.step(model.optimizer) is True
     assert scaler.loss_scale == 16.0
+
+
+def test_without_loss_scaling_a_non_finite_gradient_raises_before_the_step():
+    """FP16 O0: no overflow is expected, so inf/nan is a diverged run, not a step to skip silently."""
+    model = OneParameterModel()
+    scaler = DynamicLossScaler(enable=False)
+    before = model.weights()
+    model.backward(1.0, np.ones((3, 2)), [0], np.array([[np.nan, 0.0]]))
+    with pytest.raises(NonFiniteError, match="not finite"):
+        scaler.step(model.optimizer)
+    for old, new in zip(before, model.weights()):
+        np.testing.assert_array_equal(new, old)
+    model.optimizer.clear_grad()
+    model.backward(1.0, np.ones((3, 2)), [0], np.ones((1, 2)))
+    assert scaler.step(model.optimizer) is True
 
 
 def test_no_unscale_list_leaves_those_gradients_alone():

@@ -397,7 +397,6 @@ def test_unknown_name_in_an_empty_registry(fakes):
 
 
 @pytest.mark.parametrize("drop, message", [
-    ("Model.class_num", "missing required key Model.class_num"),
     ("Model.name", "missing required key Model.name"),
     ("Model", "missing required key Model"),
     ("Global.epochs", "missing required key Global.epochs"),

@@ -45,4 +45,4 @@ def test_eval_missing_model_is_one_line(trained, capsys, tmp_path):
         eval_main(cli_args([*overrides, f"Global.pretrained_model={tmp_path}/none/latest"]))
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("plsc-eval: error: ") and "none/latest.pdparams" in error and "\n" not in error
+    assert error.startswith("plsc-eval: error: ") and "none/latest: no weights found" in error and "\n" not in error

@@ -204,10 +204,10 @@ def test_load_errors_name_the_keys(tmp_path):
     paddle.save(state, str(path))
     with pytest.raises(PlscError, match=r"fc.weight has shape \[128, 8\], the model needs \[128, 16\]"):
         export.load_backbone_weights(SmallNet(), path)
-    with pytest.raises(PlscError, match="none.pdparams: weights file not found"):
+    with pytest.raises(PlscError, match="none: no weights found"):
         export.load_backbone_weights(SmallNet(), tmp_path / "none")
     (tmp_path / "junk.pdparams").write_bytes(b"not a paddle file")
-    with pytest.raises(PlscError, match="junk.pdparams: cannot load weights"):
+    with pytest.raises(PlscError, match=r"junk.pdparams: truncated, corrupt or not a state file \(not a pickle\)"):
         export.load_backbone_weights(SmallNet(), tmp_path / "junk.pdparams")
 
 
@@ -270,7 +270,7 @@ def test_export_cli_user_errors_are_one_line(tmp_path, capsys):
     overrides = tiny_overrides(tmp_path, tmp_path / "data")
     _, prefix = save_training_checkpoint(overrides, tmp_path / "ckpt")
     cases = [([], "needs -o Global.pretrained_model"),
-             ([f"Global.pretrained_model={tmp_path}/nothing/latest"], "latest.pdparams: weights file not found"),
+             ([f"Global.pretrained_model={tmp_path}/nothing/latest"], "nothing/latest: no weights found"),
              ([f"Global.pretrained_model={prefix}", "Export.input_shape=[None,3,112,112]"],
               "does not accept input_shape [None, 3, 112, 112]"),
              ([f"Global.pretrained_model={prefix}", "Model.num_features=8"],

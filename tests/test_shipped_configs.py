@@ -224,8 +224,8 @@ def test_trains_two_steps_on_cpu(stem, tiny_data, tmp_path):
                                      expected["Global"]["epochs"], STEPS_PER_EPOCH, **schedule)
             assert lr == pytest.approx(reference, abs=1e-6)
         model_dir = output_dir / expected["Model"]["name"]
-        assert (model_dir / "latest.pdparams").is_file()
-        assert (model_dir / "best_model.pdparams").is_file() == evaluate
+        assert (model_dir / "latest" / "latest.pdparams").is_file()
+        assert (model_dir / "best_model" / "best_model.pdparams").is_file() == evaluate
         if evaluate:
             assert "[Eval]" in log
     finally:

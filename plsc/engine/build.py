@@ -57,7 +57,8 @@ def build_lr_schedule(section, epochs, steps_per_epoch):
 def build_train_loader(config, seed):
     section = config.DataLoader.Train
     dataset = build_dataset(section.dataset, "DataLoader.Train.dataset", seed=seed)
-    dataset.check_labels(config.Model.class_num)
+    if config.Model.get("class_num") is not None:  # tasks without a class layer (MAE) ignore labels
+        dataset.check_labels(config.Model.class_num)
     return build_loader(dataset, section.sampler, section.get("loader"), seed=seed)
 
 
@@ -71,6 +72,11 @@ def build_evaluator(config):
         return None
     dataset_sections = section.dataset if isinstance(section.dataset, list) else [section.dataset]
     datasets = [build_dataset(part, f"DataLoader.Eval.dataset.{i}") for i, part in enumerate(dataset_sections)]
+    names = [dataset.name for dataset in datasets]
+    for position, name in enumerate(names):
+        if name in names[:position]:
+            raise PlscError(f"DataLoader.Eval.dataset.{position}: a second verification set named '{name}' "
+                            "(results are keyed by set name): give each a distinct set_name")
     metrics = []
     for position, entry in enumerate(metrics_config):
         (name, kwargs), = entry.items()
@@ -82,7 +88,11 @@ def build_evaluator(config):
 
 
 def check_supported(config):
-    """Stop early on settings this version accepts in configs but does not implement."""
+    """Stop early on settings this version accepts in configs but does not implement, and on keys the
+    chosen task needs (before any data is generated or read)."""
+    from plsc.registry import TASKS
+
+    TASKS.get(config.Global.get("task_type", "recognition"), where="Global.task_type").check_config(config)
     if int(config.Global.get("accum_steps", 1)) != 1:
         raise PlscError("Global.accum_steps > 1 is not supported (sampled class centres differ per "
                         "micro-batch); raise the batch size or the number of ranks instead")

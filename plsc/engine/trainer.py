@@ -1,16 +1,23 @@
-"""The training loop: data -> backbone -> head -> loss -> backward -> step -> log -> eval -> save."""
+"""The training loop: data -> backbone -> task (head + loss, or decoder) -> backward -> step -> log -> eval -> save.
+
+What a step optimises is the task's (plsc/engine/tasks.py, `Global.task_type`): recognition with a
+Partial FC class layer and margin losses, or MAE pre-training; the loop, checkpoints, resume, logging
+and launch are the same for every task.
+"""
 import math
 import os
 
 import paddle
 
 from plsc import distributed
-from plsc.checkpoint import CheckpointManager, checkpoint_prefix, load_backbone_state
-from plsc.engine.build import (CombinedLoss, build_backbone, build_evaluator, build_head, build_lr_schedule,
-                               build_train_loader, check_supported, resolve_seed, select_device)
+from plsc.amp import NonFiniteError
+from plsc.checkpoint import CheckpointManager, load_weights, paddle_rng_state, set_paddle_rng_state
+from plsc.engine.build import (build_backbone, build_evaluator, build_lr_schedule, build_train_loader,
+                               check_supported, resolve_seed, select_device)
+from plsc.engine.evaluator import format_figures
 from plsc.engine.logger import Timer, TrainLogger, get_logger
+from plsc.engine.tasks import build_task, load_pretrained_backbone
 from plsc.errors import PlscError
-from plsc.loss.inputs import LossInputs
 
 
 def prepare_synthetic_data(config, logger):
@@ -48,9 +55,9 @@ class Trainer:
         paddle.seed(self.seed)  # the same initial weights on every rank
         self.train_loader = build_train_loader(config, self.seed)
         self.backbone = build_backbone(config.Model)
-        self.head = build_head(config.Model, self.seed)
-        distributed.broadcast_parameters(self.backbone.parameters())
-        self.loss = CombinedLoss(config.Loss.Train)
+        self.task = build_task(config, self.backbone, self.seed, self.logger, self.output_dir)
+        # The same start on every rank (seeded alike; broadcast in case an initialiser is not).
+        distributed.broadcast_parameters([parameter for _, parameter in self.task.dense_parameters()])
 
         self.epochs = int(glob.epochs)
         self.steps_per_epoch = len(self.train_loader)
@@ -60,11 +67,14 @@ class Trainer:
         if glob.get("max_train_step"):
             self.total_steps = min(self.total_steps, int(glob.max_train_step))
         self.schedule = build_lr_schedule(config.LRScheduler, self.epochs, self.steps_per_epoch)
-        # The losses' class tables (CenterLoss centres) are sharded and updated sparsely like the head.
-        self.optimizer = build_optimizer(config.Optimizer, self.backbone.named_parameters(),
-                                         [self.head, *self.loss.attach(self.head)], lr=self.schedule.lr_at(0))
+        # The class tables (class centres, CenterLoss centres) are sharded and updated row-sparsely.
+        self.optimizer = build_optimizer(config.Optimizer, self.task.dense_parameters(), self.task.sparse_tables,
+                                         lr=self.schedule.lr_at(0), backbone=self.backbone)
+        for line in self.optimizer.describe_groups():
+            self.logger.info(f"optimizer: {line}")
         self.amp = build_amp(config.get("FP16"))
-        self.evaluator = build_evaluator(config) if glob.get("eval_during_train", True) else None
+        self.evaluator = (build_evaluator(config) if glob.get("eval_during_train", True) and self.task.evaluates
+                          else None)
         self.checkpoints = CheckpointManager(self.output_dir, glob.get("max_num_latest_checkpoint", 0),
                                              self.logger)
         self.last_saved_step = None
@@ -80,24 +90,31 @@ class Trainer:
     # ---- start state --------------------------------------------------------------------------
     def _restore(self, glob):
         if glob.get("checkpoint"):
-            self.state, extra = self.checkpoints.load(glob.checkpoint, self.backbone, self.head,
-                                                      self.optimizer, self.amp.scaler)
+            self.state, extra, rank_state = self.checkpoints.load(glob.checkpoint, self.task.load_model_state,
+                                                                  self.task.tables, self.optimizer, self.amp.scaler)
+            if rank_state:  # the same layout: continue the very random streams of the interrupted run
+                self.task.set_rank_state(rank_state)
+                set_paddle_rng_state(rank_state["paddle_rng"])
             if self.evaluator is not None and "evaluator" in extra:
                 self.evaluator.set_state_dict(extra["evaluator"])
-            self.loss.set_state_dict(extra.get("loss", {}))
-            self.loss.load_tables(checkpoint_prefix(glob.checkpoint), self.state["global_step"],
-                                  self.state["world_size"])
-            distributed.barrier()  # every rank has read the checkpoint before any rank may overwrite it
+            self.task.set_state_dict(extra)
+            self._keep_best_on_disk()
             self._adapt_position_to_batch_size()
             self.logger.info(f"resumed from {glob.checkpoint} at epoch {self.state['epoch'] + 1}, "
                              f"global step {self.state['global_step']}")
         elif glob.get("pretrained_model") and not glob.get("finetune", False):
-            path = glob.pretrained_model
-            path = path if path.endswith(".pdparams") else f"{path}.pdparams"
-            if not os.path.isfile(path):
-                raise PlscError(f"Global.pretrained_model not found: {path}")
-            load_backbone_state(self.backbone, paddle.load(path), path)
-            self.logger.info(f"backbone initialised from {path}")
+            state, path = load_weights(glob.pretrained_model)
+            load_pretrained_backbone(self.backbone, state, path, self.logger.info)
+        self.checkpoints.remove_leftovers(keep=glob.get("checkpoint"))
+        distributed.barrier()
+
+    def _keep_best_on_disk(self):
+        """A resumed run must not replace this directory's best_model with a worse one, even when the
+        checkpoint it resumes from predates that best model."""
+        saved = self.checkpoints.saved_states("best_model")
+        best = saved.get("best_metric") if saved else None
+        if best is not None and (self.state["best_metric"] is None or best > self.state["best_metric"]):
+            self.state["best_metric"] = best
 
     def _adapt_position_to_batch_size(self):
         """Resuming with another global batch (e.g. on another number of ranks): keep the position in
@@ -114,13 +131,16 @@ class Trainer:
                          f"of epoch {self.state['epoch'] + 1} (global step {self.state['global_step']})")
 
     # ---- one step -----------------------------------------------------------------------------
-    def train_step(self, images, labels):
-        """Forward, backward and update on one batch; returns (total loss, {name: loss})."""
-        with self.amp.autocast():
-            embeddings = self.backbone(images)
-        embeddings = embeddings.astype("float32")
-        cos_logits, local_labels = self.head(embeddings, labels)
-        total, parts = self.loss(LossInputs(cos_logits, local_labels, embeddings, labels, self.head, self.backbone))
+    def train_step(self, *batch):
+        """Forward, backward and update on one batch [images, labels, is_masked]; returns (total, {name: loss}).
+
+        Without loss scaling (FP16 O0) a non-finite loss or gradient raises NonFiniteError before
+        the optimizer runs, so the weights stay those of the previous step; with it, the scaler
+        skips the step.
+        """
+        total, parts = self.task.step(batch, self.amp)
+        if not self.amp.scaler.enable and not math.isfinite(float(total)):
+            raise NonFiniteError(f"loss is {float(total)}")
         self.amp.scaler.scale(total).backward()
         self.amp.scaler.step(self.optimizer)
         self.optimizer.clear_grad()
@@ -128,16 +148,49 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self):
-        """Run to the end; a data error stops the run after saving the progress made so far."""
+        """Run to the end. A data error stops the run after saving the progress made so far; a
+        non-finite loss stops it without saving (the last checkpoint is the last good state)."""
         try:
             return self._train()
-        except PlscError as error:
-            if distributed.world_size() > 1 or self.state["global_step"] == (self.last_saved_step or 0):
-                raise  # other ranks wait in a collective: saving would hang, the launcher stops them
-            self.save("latest")
+        except _DataStop as error:
+            # Every rank got here together (see _agreed): save once, collectively, and say the same.
+            if self.state["global_step"] == 0:
+                raise PlscError(f"{error} -- stopped before the first step; nothing to save: fix the data "
+                                "and start again") from None
+            if self.state["global_step"] != self.last_saved_step:
+                self.save("latest")
             path = os.path.join(self.checkpoints.directory, "latest")
             raise PlscError(f"{error} -- stopped at global step {self.state['global_step']}; progress saved: "
                             f"fix the data, then resume with -o Global.checkpoint={path}") from None
+        except NonFiniteError as error:
+            step = self.state["global_step"] + 1
+            good = (f"resume from the last good checkpoint with -o Global.checkpoint="
+                    f"{os.path.join(self.checkpoints.directory, 'latest')} (step {self.last_saved_step})"
+                    if self.last_saved_step is not None else "no checkpoint was saved yet")
+            raise PlscError(f"{error} at step {step}; the weights were not updated. Lower "
+                            f"LRScheduler.learning_rate or enable FP16 dynamic loss scaling, then {good}") from None
+
+    def _agreed(self, loader):
+        """Iterate `loader`; a data error on any rank stops every rank at the same step with its message.
+
+        One rank alone cannot stop: the others would wait in the next collective. So each step the
+        ranks all-reduce an error flag (a no-op on one process) before using the batch.
+        """
+        batches = iter(loader)
+        while True:
+            error = None
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except PlscError as raised:
+                error = str(raised)
+            flag = paddle.to_tensor([1.0 if error else 0.0])
+            distributed.all_reduce(flag, "max")
+            if flag.item() > 0:
+                messages = [message for message in distributed.all_gather_object(error) if message]
+                raise _DataStop(messages[0])
+            yield batch
 
     def _train(self):
         self.logger.info(f"training {self.config.Model.name} on {self.device}, {distributed.world_size()} "
@@ -150,22 +203,22 @@ class Trainer:
             skip = self.state["batches_done_in_epoch"]
             sampler.set_epoch(epoch, skip_batches=skip)
             dataset.set_epoch(epoch)
+            if getattr(dataset, "masked_ratio", 0):
+                self.logger.info(f"epoch {epoch + 1} masked faces: {dataset.masked_counts()}")
             timer = Timer()
-            for step_in_epoch, (images, labels) in enumerate(self.train_loader, start=skip + 1):
+            for step_in_epoch, batch in enumerate(self._agreed(self.train_loader), start=skip + 1):
                 reader_cost = timer.lap()
                 lr = self.schedule.lr_at(self.state["global_step"])
                 self.optimizer.set_lr(lr)
-                total, parts = self.train_step(images, labels)
+                total, parts = self.train_step(*batch)
                 self.state["global_step"] += 1
                 self.state["batches_done_in_epoch"] = step_in_epoch
                 losses = {name: float(value) for name, value in parts.items()}
                 losses["loss"] = float(total)
-                if not math.isfinite(losses["loss"]) and not self.amp.dynamic:
-                    raise PlscError(f"loss is {losses['loss']} at step {self.state['global_step']}; lower "
-                                    "LRScheduler.learning_rate or enable FP16 dynamic loss scaling")
                 self.train_logger.record(self.state["global_step"], epoch, self.epochs, step_in_epoch,
                                          self.steps_per_epoch, lr, losses, timer.lap() + reader_cost,
                                          reader_cost, self.amp.loss_scale)
+                self.task.after_step(self.state["global_step"])
                 if self._eval_due(epoch_end=False):
                     self.evaluate()
                     last_eval_step = self.state["global_step"]
@@ -175,14 +228,17 @@ class Trainer:
             if self.state["batches_done_in_epoch"] >= self.steps_per_epoch:
                 self.state["epoch"] += 1
                 self.state["batches_done_in_epoch"] = 0
-                self._save_epoch()
+                # Evaluate before saving, so the checkpoint carries this evaluation's best metric.
                 if self._eval_due(epoch_end=True):
                     self.evaluate()
                     last_eval_step = self.state["global_step"]
-        if self.last_saved_step != self.state["global_step"]:
-            self.save("latest")  # a max_train_step stop mid-epoch still leaves a checkpoint
-        if self.evaluator is not None and last_eval_step != self.state["global_step"]:
+                self._save_epoch()
+        final_eval = self.evaluator is not None and last_eval_step != self.state["global_step"]
+        if final_eval:
             self.evaluate()
+        if final_eval or self.last_saved_step != self.state["global_step"]:
+            # A max_train_step stop mid-epoch still leaves a checkpoint, with the last evaluation in it.
+            self.save("latest")
         self.train_logger.close()
         return self.state
 
@@ -203,24 +259,22 @@ class Trainer:
             if int(glob.get("max_num_latest_checkpoint", 0)) != 0:
                 self.save(f"epoch_{self.state['epoch']}")
 
-    def save(self, prefix):
+    def save(self, slot):
+        """Checkpoint `slot` (latest, best_model, epoch_N) with everything a resume needs."""
         extra = {"evaluator": self.evaluator.state_dict()} if self.evaluator is not None else {}
-        extra["loss"] = self.loss.state_dict()  # running statistics, the same on every rank
-        # Per-rank loss tables first: the checkpoint's .pdstates, written last, marks it complete.
-        self.loss.save_tables(os.path.join(self.checkpoints.directory, prefix), self.state["global_step"])
-        if prefix == "latest":
+        extra.update(self.task.state_dict())
+        rank_state = {**self.task.rank_state(), "paddle_rng": paddle_rng_state()}
+        path = self.checkpoints.save(slot, self.state, self.task.model_state(), self.task.tables, self.optimizer,
+                                     self.amp.scaler, extra, rank_state)
+        if slot == "latest":
             self.last_saved_step = self.state["global_step"]
-        path = self.checkpoints.save(prefix, self.state, self.backbone, self.head, self.optimizer,
-                                     self.amp.scaler, extra)
         self.logger.info(f"saved checkpoint {path}")
 
     def evaluate(self):
         """Score every verification set; save `best_model` when the first set improves."""
         results = self.evaluator.evaluate(self.backbone)
         for name, figures in results.items():
-            self.logger.info(f"[Eval] {name}: accuracy {figures['accuracy']:.5f} +- {figures['std']:.5f}, "
-                             f"best {figures['best']:.5f}, threshold {figures['threshold']:.2f}, "
-                             f"xnorm {figures['xnorm']:.3f}, global_step {self.state['global_step']}")
+            self.logger.info(f"[Eval] {format_figures(name, figures)}, global_step {self.state['global_step']}")
             self.train_logger.scalars(f"eval/{name}", {"accuracy": figures["accuracy"]}, self.state["global_step"])
         if not results:  # only set metrics (fairness, recall): reported, but no best model to pick
             return results
@@ -229,3 +283,7 @@ class Trainer:
             self.state["best_metric"] = primary["metric"]
             self.save("best_model")
         return results
+
+
+class _DataStop(PlscError):
+    """A data error, agreed on by every rank (its message is the first failing rank's)."""

@@ -11,51 +11,18 @@ import math
 
 import numpy as np
 import paddle
-import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
-from paddle.utils import unique_name
 
 from plsc import distributed
 from plsc.errors import PlscError
+from plsc.heads.class_table import ClassTable
 from plsc.registry import HEADS
 
 # Row chunk of the centres' gradient correction (see CenterCosines.backward and
 # plsc/optim/sparse_momentum.py's CHUNK_BYTES).
 CHUNK_BYTES = 16 * 2**20
 NORM_EPSILON = 1e-12  # F.normalize's: a zero row is divided by this instead of by 0
-INIT_STD = 0.01  # PLSC and arcface_torch draw the centres from N(0, 0.01)
-# Rows generated per seeded block: a shard draws only the blocks it overlaps, so no rank ever
-# materialises the full table, and the rows do not depend on the world size.
-INIT_BLOCK_ROWS = 4096
-
-
-def shard_range(num_classes, world_size, rank):
-    """(class_start, num_local_classes) of `rank`: the first C % W ranks hold one extra class."""
-    base, extra = divmod(num_classes, world_size)
-    return base * rank + min(rank, extra), base + (1 if rank < extra else 0)
-
-
-def class_center_blocks(seed, start, stop, embedding_size):
-    """Rows [start, stop) of the full N(0, INIT_STD) class-centre table of `seed`, in pieces.
-
-    Yields (offset from start, rows [n, D] float32) in order; each piece is at most INIT_BLOCK_ROWS rows.
-    """
-    for block in range(start // INIT_BLOCK_ROWS, (stop - 1) // INIT_BLOCK_ROWS + 1):
-        # spawn_key keeps these streams apart from the sampling generator seeded with `seed + rank`.
-        block_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
-        block_rows = block_rng.standard_normal((INIT_BLOCK_ROWS, embedding_size), dtype=np.float32)
-        block_start = block * INIT_BLOCK_ROWS
-        first, last = max(start, block_start), min(stop, block_start + INIT_BLOCK_ROWS)
-        yield first - start, block_rows[first - block_start:last - block_start] * INIT_STD
-
-
-def init_class_centers(seed, start, stop, embedding_size):
-    """Rows [start, stop) of the full N(0, INIT_STD) class-centre table of `seed`: [stop-start, D] float32."""
-    rows = np.empty((stop - start, embedding_size), dtype=np.float32)
-    for offset, piece in class_center_blocks(seed, start, stop, embedding_size):
-        rows[offset:offset + len(piece)] = piece
-    return rows
 
 
 def num_sampled_classes(sample_ratio, num_local_classes):
@@ -161,7 +128,7 @@ def cosine_logits(embeddings, centers):
 
 
 @HEADS.register("PartialFC")
-class PartialFC(nn.Layer):
+class PartialFC(ClassTable):
     """Class-centre shard of this rank with per-step sampling; returns cosine logits of the global batch.
 
     forward(embeddings [n_local, D], labels [n_local] int64)
@@ -169,60 +136,17 @@ class PartialFC(nn.Layer):
     """
 
     def __init__(self, num_classes, embedding_size, sample_ratio=1.0, model_parallel=False, seed=2022):
-        super().__init__()
-        world, rank = distributed.world_size(), distributed.rank()
-        if num_classes < 1 or embedding_size < 1:
-            raise PlscError(f"Model.class_num ({num_classes}) and Model.num_features ({embedding_size}) "
-                            "must be >= 1")
         if not 0.0 < sample_ratio <= 1.0:
             raise PlscError(f"Model.pfc_config.sample_ratio must be in (0, 1], got {sample_ratio}")
-        if model_parallel and num_classes < world:
-            raise PlscError(f"Model.class_num ({num_classes}) is smaller than the number of ranks ({world}); "
-                            "every rank needs at least one class with model_parallel")
-        self.num_classes = num_classes
+        if embedding_size < 1:
+            raise PlscError(f"Model.num_features must be >= 1, got {embedding_size}")
+        # Replicated: every rank holds all classes and runs the identical step (same samples).
+        super().__init__("partialfc", num_classes, embedding_size, model_parallel, init_seed=seed)
         self.embedding_size = embedding_size
         self.sample_ratio = sample_ratio
-        self.model_parallel = model_parallel
         self.seed = seed
-        # Replicated: every rank holds all classes and runs the identical step (same samples).
-        self.class_start, self.num_local_classes = (
-            shard_range(num_classes, world, rank) if model_parallel else (0, num_classes))
         self.num_sample = num_sampled_classes(sample_ratio, self.num_local_classes)
-
-        # PLSC's gradient clipping skips parameters whose name contains 'dist' (no_clip_list).
-        name = f"partialfc_dist_rank_{rank:05d}" if model_parallel else "partialfc"
-        self.weight = self.create_parameter(
-            [self.num_local_classes, embedding_size],
-            attr=paddle.ParamAttr(name=unique_name.generate(name) + ".w"),
-            default_initializer=nn.initializer.Constant(0.0))
-        # Updated only by the sparse optimizer through sampled_weight.grad; never all-reduced.
-        self.weight.stop_gradient = True
-        # Written block by block: building the whole shard in numpy first and copying it in would
-        # hold it twice (plus a converted copy) at start-up, 4-6 GB for 1M x 512 instead of 2.
-        with paddle.no_grad():
-            for offset, piece in class_center_blocks(seed, self.class_start,
-                                                     self.class_start + self.num_local_classes, embedding_size):
-                self.weight[offset:offset + len(piece)] = paddle.to_tensor(piece)
-        self.weight.is_distributed = model_parallel and world > 1
-
-        self._rng = np.random.default_rng(seed + rank if model_parallel else seed)
-        # Kept in a plain dict: a Tensor attribute of a Layer would be registered as a buffer.
-        self._last_step = {"sampled_index": None, "sampled_weight": None}
-
-    @property
-    def replicated(self):
-        """True when every rank holds the whole class table (model_parallel=False)."""
-        return not self.model_parallel
-
-    @property
-    def sampled_index(self):
-        """Rows of this rank's shard used by the last forward: [S_local] int64, sorted."""
-        return self._last_step["sampled_index"]
-
-    @property
-    def sampled_weight(self):
-        """Leaf copy of those rows from the last forward, [S_local, D]; backward fills its .grad."""
-        return self._last_step["sampled_weight"]
+        self._rng = np.random.default_rng(seed + distributed.rank() if model_parallel else seed)
 
     @property
     def use_fused_ops(self):
@@ -243,7 +167,7 @@ class PartialFC(nn.Layer):
         labels_global = distributed.all_gather(labels.reshape([-1]).astype("int64"))
         sampled_index = self._sample(labels_global)
         sampled_weight = self._gather_centers(sampled_index)
-        self._last_step.update(sampled_index=sampled_index, sampled_weight=sampled_weight)
+        self.remember_step(sampled_index, sampled_weight)
         local_labels = remap_labels(labels_global, sampled_index, self.class_start)
         return self.class_logits(embeddings_global, sampled_weight), local_labels
 

@@ -6,15 +6,12 @@ and the images far from the dominant one: an image is noisy when its angle to it
 dominant sub-centre exceeds a threshold (75 degrees in the paper's MS1MV0 experiments).
 The maths is plain numpy (it runs once, offline); tools/subcenter_clean.py is the command.
 """
-import glob
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
-import paddle
 
-from plsc.checkpoint import checkpoint_prefix, load_backbone_state
+from plsc.checkpoint import load_backbone_state, load_weights, read_global_table
 from plsc.data import build_dataset, build_loader
 from plsc.engine.build import build_backbone
 from plsc.engine.evaluator import embed_dataset
@@ -22,28 +19,6 @@ from plsc.errors import PlscError
 from plsc.registry import HEADS
 
 DEFAULT_THRESHOLD_DEGREES = 75.0
-
-
-def load_class_table(prefix):
-    """The whole class layer of a checkpoint, joined from its `{prefix}_rank{R}.pdparams` shards: [C, row width]."""
-    paths = sorted(glob.glob(f"{prefix}_rank*.pdparams"),
-                   key=lambda path: int(re.search(r"_rank(\d+)\.pdparams$", path).group(1)))
-    if not paths:
-        raise PlscError(f"no class-layer shards {prefix}_rank*.pdparams found (is it a training checkpoint?)")
-    shards = {}
-    num_classes = None
-    for path in paths:
-        shard = paddle.load(path)
-        if "weight" not in shard or "class_start" not in shard:
-            raise PlscError(f"{path} is not a class-layer shard (no 'weight' / 'class_start')")
-        num_classes = shard["num_classes"]
-        weight = np.asarray(shard["weight"].numpy() if hasattr(shard["weight"], "numpy") else shard["weight"])
-        shards.setdefault(int(shard["class_start"]), weight)  # replicated layers repeat rank 0's table
-    table = np.concatenate([shards[start] for start in sorted(shards)], axis=0)
-    if sorted(shards)[0] != 0 or table.shape[0] != num_classes:
-        raise PlscError(f"{prefix}_rank*.pdparams cover {table.shape[0]} of {num_classes} classes; "
-                        "a shard is missing")
-    return table
 
 
 def split_subcenters(table, num_subcenters):
@@ -116,11 +91,9 @@ def deterministic_dataset_section(section):
 
 def embed_training_set(config, checkpoint, batch_size=128):
     """(dataset, embeddings [N, D]) of `DataLoader.Train.dataset` under the checkpoint's backbone."""
-    path = f"{checkpoint_prefix(checkpoint)}.pdparams"
-    if not os.path.isfile(path):
-        raise PlscError(f"checkpoint weights not found: {path}")
+    state, path = load_weights(checkpoint)
     backbone = build_backbone(config.Model)
-    load_backbone_state(backbone, paddle.load(path), path)
+    load_backbone_state(backbone, state, path)
     dataset = build_dataset(deterministic_dataset_section(config.DataLoader.Train.dataset), "DataLoader.Train.dataset")
     loader = build_loader(dataset, {"name": "BatchSampler", "batch_size": batch_size}, {"num_workers": 0})
     return dataset, embed_dataset(backbone, loader, flip_test=False)
@@ -159,7 +132,7 @@ def clean_from_checkpoint(config, checkpoint, out_dir, threshold_degrees=DEFAULT
     if num_subcenters < 2:
         raise PlscError("Model.pfc_config.num_subcenters is below 2: the checkpoint has no sub-centres to clean "
                         "with (train with pfc_config.name: SubCenterPartialFC)")
-    subcenters = split_subcenters(load_class_table(checkpoint_prefix(checkpoint)), num_subcenters)
+    subcenters = split_subcenters(read_global_table(checkpoint), num_subcenters)
     dataset, embeddings = embed_training_set(config, checkpoint, batch_size)
     result = clean_with_subcenters(subcenters, embeddings, dataset.labels, threshold_degrees)
     return result, write_cleaning_report(result, dataset, out_dir, threshold_degrees)

@@ -2,7 +2,7 @@
 
     L_C = 1 / (2 N) * sum_i || x_i - c_{y_i} ||^2  over the global batch of N samples,
 an auxiliary term added to a softmax loss with its own `weight` (the paper's lambda) in Loss.Train.
-The centres live in a ClassRowTable sharded like the class layer; each rank scores the samples
+The centres live in a ClassTable sharded like the class layer; each rank scores the samples
 whose class it owns, and the partial sums are added across ranks. The centres are moved by the
 training optimizer's row-sparse update (only the classes of the batch), like the class centres
 of Partial FC, instead of the paper's separate rate alpha: the gradient w.r.t. c_j is
@@ -17,7 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from plsc import distributed
-from plsc.loss.class_table import ClassRowTable
+from plsc.heads.class_table import ClassTable
 from plsc.registry import LOSSES
 
 
@@ -52,8 +52,7 @@ class CenterLoss(nn.Layer):
 
     def attach(self, head):
         """Create the centre table with the class layer's sharding; returns it (a sparse table for the optimizer)."""
-        self.table = ClassRowTable("centerloss", head.num_classes, head.class_start, head.num_local_classes,
-                                   head.embedding_size, head.model_parallel)
+        self.table = ClassTable("centerloss", head.num_classes, head.embedding_size, head.model_parallel)
         return [self.table]
 
     def forward(self, embeddings_global, labels_global):

@@ -6,7 +6,7 @@ Life of a CombinedLoss in the trainer:
                         tables for the sparse optimizer;
   __call__(inputs)      every step, on a plsc.loss.inputs.LossInputs;
   state_dict()          running statistics (identical on every rank: saved once, in P.pdopt);
-  save_tables / load_tables   per-rank class tables (P_rank{R}.pdloss).
+  tables()              the class tables the losses own (saved and resharded with the class layer's).
 Entries are keyed `{position}.{name}` (e.g. '1.CenterLoss'), so two entries of one name stay apart.
 """
 import numpy as np
@@ -14,7 +14,6 @@ import paddle
 
 from plsc.errors import PlscError
 from plsc.loss.inputs import call_loss
-from plsc.loss.table_checkpoint import load_table_shards, save_table_shards
 from plsc.registry import LOSSES
 
 
@@ -76,11 +75,5 @@ class CombinedLoss:
 
     # ---- class tables (sharded) ---------------------------------------------------------------
     def tables(self):
-        """{entry key: ClassRowTable} of the losses that own one (after attach)."""
+        """{entry key: ClassTable} of the losses that own one (after attach)."""
         return {key: loss.table for key, _, _, loss in self.parts if getattr(loss, "table", None) is not None}
-
-    def save_tables(self, prefix, global_step):
-        save_table_shards(prefix, global_step, self.tables())
-
-    def load_tables(self, prefix, global_step, saved_world_size):
-        load_table_shards(prefix, global_step, saved_world_size, self.tables())

@@ -51,7 +51,7 @@ def test_label_beyond_class_num_names_file_and_line(tmp_path, data_root):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = error_lines(result)
     assert "label.txt:10" in line and "label 6" in line and "class_num=6" in line
-    assert not (tmp_path / "output" / "IResNet" / "latest.pdparams").exists()  # stopped before training
+    assert not (tmp_path / "output" / "IResNet" / "latest").exists()  # stopped before training
 
 
 @pytest.mark.parametrize("damage", ["missing", "undecodable"])
@@ -75,4 +75,15 @@ def test_bad_image_in_a_worker_names_the_file_and_keeps_progress(tmp_path, data_
     assert relative in line and "label.txt:21" in line
     assert ("cannot read image" in line) if damage == "missing" else ("cannot decode image" in line)
     assert "Global.checkpoint=" in line
-    assert (tmp_path / "output" / "IResNet" / "latest.pdparams").exists()
+    assert (tmp_path / "output" / "IResNet" / "latest").is_dir()
+
+
+def test_recognition_without_class_num_stops_before_any_work(tmp_path, data_root):
+    config = write_tiny_config(tmp_path, data_root, num_classes=6)
+    text = config.read_text().replace("  class_num: 6\n", "")
+    config.write_text(text)
+    result = run_train(config)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = error_lines(result)
+    assert line.endswith("missing required key Model.class_num (Global.task_type 'recognition' needs it)")
+    assert not (tmp_path / "output" / "IResNet").exists()

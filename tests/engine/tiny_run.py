@@ -70,8 +70,8 @@ def record_losses(trainer):
     losses = []
     step = trainer.train_step
 
-    def recording_step(images, labels):
-        total, parts = step(images, labels)
+    def recording_step(*batch):
+        total, parts = step(*batch)
         losses.append(float(total))
         return total, parts
 

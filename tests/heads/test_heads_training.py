@@ -1,12 +1,13 @@
 """Each literature head trains with Partial FC at sample_ratio 0.3, and resumes exactly with its state."""
 import numpy as np
-import paddle
 import pytest
 from heads_tiny import NUM_CLASSES, write_head_config
 
+from plsc.checkpoint import checkpoint_prefix
 from plsc.config import load_config
 from plsc.data.synthetic import ensure_quickstart_data
 from plsc.engine.trainer import Trainer
+from plsc.serialization import load_state
 from tests.engine.tiny_run import record_losses
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def make_trainer(directory, data_root, head, overrides=(), changes=None):
 @pytest.mark.parametrize("head", HEADS)
 def test_trains_with_sampled_class_centres(tmp_path, data_root, head):
     trainer = make_trainer(tmp_path, data_root, head)
-    assert trainer.head.sample_ratio == 0.3 and trainer.head.num_sample == 18
+    assert trainer.task.head.sample_ratio == 0.3 and trainer.task.head.num_sample == 18
     losses = record_losses(trainer)
     trainer.train()
     assert len(losses) == 4 * (NUM_CLASSES * 4 // 16)
@@ -59,20 +60,20 @@ def test_resume_restores_running_statistics_and_tables_exactly(tmp_path, data_ro
     resumed = make_trainer(tmp_path / "split", data_root, head, [f"Global.checkpoint={checkpoint}"], changes)
     assert resumed.state["global_step"] == 6
     # The running statistics and tables are those of the interrupted run at step 6.
-    for key, buffers in first.loss.state_dict().items():
+    for key, buffers in first.task.loss.state_dict().items():
         for name, value in buffers.items():
-            np.testing.assert_array_equal(resumed.loss.state_dict()[key][name], value)
-    for key, table in first.loss.tables().items():
-        np.testing.assert_array_equal(resumed.loss.tables()[key].weight.numpy(), table.weight.numpy())
+            np.testing.assert_array_equal(resumed.task.loss.state_dict()[key][name], value)
+    for key, table in first.task.loss.tables().items():
+        np.testing.assert_array_equal(resumed.task.loss.tables()[key].weight.numpy(), table.weight.numpy())
     resumed_losses = record_losses(resumed)
     resumed.train()
 
     np.testing.assert_allclose(resumed_losses, full_losses[6:], rtol=1e-6, atol=1e-6)
-    for key, buffers in full.loss.state_dict().items():
+    for key, buffers in full.task.loss.state_dict().items():
         for name, value in buffers.items():
-            np.testing.assert_allclose(resumed.loss.state_dict()[key][name], value, rtol=1e-6)
-    for key, table in full.loss.tables().items():
-        np.testing.assert_allclose(resumed.loss.tables()[key].weight.numpy(), table.weight.numpy(),
+            np.testing.assert_allclose(resumed.task.loss.state_dict()[key][name], value, rtol=1e-6)
+    for key, table in full.task.loss.tables().items():
+        np.testing.assert_allclose(resumed.task.loss.tables()[key].weight.numpy(), table.weight.numpy(),
                                    rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(resumed.head.weight.numpy(), full.head.weight.numpy(), rtol=1e-5, atol=1e-6)
-    assert paddle.load(f"{checkpoint}.pdopt")["loss"]  # the statistics went into the dense optimizer file
+    np.testing.assert_allclose(resumed.task.head.weight.numpy(), full.task.head.weight.numpy(), rtol=1e-5, atol=1e-6)
+    assert load_state(f"{checkpoint_prefix(checkpoint)}.pdopt")["loss"]  # the statistics went into the dense optimizer file

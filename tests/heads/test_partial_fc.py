@@ -5,8 +5,8 @@ import pytest
 from pfc_reference import dense_margin_softmax
 
 from plsc.errors import PlscError
-from plsc.heads.partial_fc import (INIT_BLOCK_ROWS, PartialFC, init_class_centers, num_sampled_classes,
-                                   remap_labels, sample_class_centers, shard_range)
+from plsc.heads.class_table import INIT_BLOCK_ROWS, init_class_centers, shard_range
+from plsc.heads.partial_fc import PartialFC, num_sampled_classes, remap_labels, sample_class_centers
 from plsc.loss.margin import MarginLoss
 from plsc.registry import HEADS
 

@@ -11,7 +11,8 @@ from _worker_partial_fc import DIM, MARGINS, NUM_CLASSES, ROWS_PER_RANK, SEED, S
 from conftest import launch
 from pfc_reference import dense_margin_softmax
 
-from plsc.heads.partial_fc import PartialFC, shard_range
+from plsc.heads.class_table import shard_range
+from plsc.heads.partial_fc import PartialFC
 from plsc.loss.margin import MarginLoss
 
 WORLD = 2

@@ -7,7 +7,7 @@ import pytest
 
 from plsc.errors import PlscError
 from plsc.heads.subcenter import SubCenterPartialFC
-from plsc.heads.subcenter_clean import clean_with_subcenters, load_class_table, split_subcenters
+from plsc.heads.subcenter_clean import clean_with_subcenters, split_subcenters
 from plsc.loss.margin import MarginLoss
 
 NUM_CLASSES, DIM, K = 11, 6, 3
@@ -129,15 +129,9 @@ def test_cleaning_keeps_the_dominant_subcenter_and_flags_far_images():
     assert result.noisy.sum() == 6  # the two minority images of each class (~90 degrees away)
 
 
-def test_class_table_is_joined_from_rank_shards(tmp_path):
+def test_split_subcenters_checks_the_row_width():
     table = np.arange(5 * 6, dtype=np.float32).reshape(5, 6)
-    for rank, (start, count) in enumerate([(0, 3), (3, 2)]):
-        paddle.save({"weight": paddle.to_tensor(table[start:start + count]), "class_start": start,
-                     "num_local_classes": count, "num_classes": 5}, str(tmp_path / f"latest_rank{rank}.pdparams"))
-    np.testing.assert_array_equal(load_class_table(str(tmp_path / "latest")), table)
     assert split_subcenters(table, 3).shape == (5, 3, 2)
-    (tmp_path / "latest_rank1.pdparams").unlink()
-    with pytest.raises(PlscError, match="a shard is missing"):
-        load_class_table(str(tmp_path / "latest"))
+    np.testing.assert_array_equal(split_subcenters(table, 3)[2, 1], table[2, 2:4])
     with pytest.raises(PlscError, match="sub-centres"):
         split_subcenters(table, 4)

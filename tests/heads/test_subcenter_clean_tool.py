@@ -6,6 +6,7 @@ import paddle
 import pytest
 from heads_tiny import NUM_CLASSES, REPO_ROOT, write_head_config
 
+from plsc.checkpoint import read_global_table
 from plsc.config import load_config
 from plsc.data.dataset.face_identification import FaceIdentificationDataset
 from plsc.data.synthetic import ensure_quickstart_data
@@ -47,7 +48,7 @@ def test_report_lists_images_far_from_their_dominant_subcenter(tmp_path, capsys)
     summary = capsys.readouterr().out
 
     # Independent recomputation from the trained table and the backbone's embeddings of the images.
-    table = trainer.head.weight.numpy().reshape(NUM_CLASSES, 3, 16)
+    table = trainer.task.head.weight.numpy().reshape(NUM_CLASSES, 3, 16)
     lines = (data_root / "train" / "label.txt").read_text().split("\n")
     paths = [line.split("\t")[0] for line in lines if line]
     labels = np.array([int(line.split("\t")[1]) for line in lines if line])
@@ -69,5 +70,4 @@ def test_report_lists_images_far_from_their_dominant_subcenter(tmp_path, capsys)
     noisy_paths = {paths[int(fields[0])] for fields in noisy_lines}
     assert {line.split("\t")[0] for line in kept_lines} == set(paths) - noisy_paths
     # The checkpoint holds the same table the trainer ended with.
-    np.testing.assert_array_equal(paddle.load(f"{checkpoint}_rank0.pdparams")["weight"].numpy(),
-                                  trainer.head.weight.numpy())
+    np.testing.assert_array_equal(read_global_table(checkpoint), trainer.task.head.weight.numpy())

@@ -6,19 +6,26 @@ import paddle
 import pytest
 from loss_reference import center_loss, group_loss
 
+from plsc import distributed
+from plsc.heads.class_table import batch_rows
 from plsc.loss.center import CenterLoss
-from plsc.loss.class_table import batch_rows
 from plsc.loss.group import GroupLoss
 from plsc.optim import build_optimizer
 
 DIM = 5
 
 
-def fake_head(num_classes, class_start=0, num_local_classes=None, model_parallel=False):
+def fake_head(num_classes, model_parallel=False):
     """The attributes CenterLoss.attach reads from a class layer."""
-    return SimpleNamespace(num_classes=num_classes, class_start=class_start,
-                           num_local_classes=num_local_classes or num_classes, embedding_size=DIM,
-                           model_parallel=model_parallel)
+    return SimpleNamespace(num_classes=num_classes, embedding_size=DIM, model_parallel=model_parallel)
+
+
+@pytest.fixture()
+def second_of_two_ranks(monkeypatch):
+    """This process plays rank 1 of 2 (the table shards by class); the cross-rank sum is left out."""
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    monkeypatch.setattr(distributed, "all_reduce_sum_with_grad", lambda tensor: tensor)
 
 
 def batch(seed, rows=10, num_classes=8):
@@ -52,16 +59,17 @@ def test_value_and_gradients_match_the_formula(normalize):
     np.testing.assert_allclose(table.sampled_weight.grad.numpy(), expected_grad_centers[used], rtol=1e-4, atol=1e-7)
 
 
-def test_a_shard_scores_only_its_own_classes():
+def test_a_shard_scores_only_its_own_classes(second_of_two_ranks):
     x, labels = batch(3)
     centers = np.random.default_rng(4).standard_normal((8, DIM)) * 0.3
     loss = CenterLoss()
-    [table] = loss.attach(fake_head(8, class_start=3, num_local_classes=4))  # classes 3..6
-    table.weight.set_value(paddle.to_tensor(centers[3:7].astype(np.float32)))
+    [table] = loss.attach(fake_head(8, model_parallel=True))  # rank 1 of 2: classes 4..7
+    assert (table.class_start, table.num_local_classes) == (4, 4)
+    table.weight.set_value(paddle.to_tensor(centers[4:8].astype(np.float32)))
     x_tensor = paddle.to_tensor(x.astype(np.float32), stop_gradient=False)
     value = loss(x_tensor, paddle.to_tensor(labels))
     value.backward()
-    mine = (labels >= 3) & (labels < 7)
+    mine = labels >= 4
     # The same sum restricted to this shard's samples, still divided by the whole batch size.
     partial, grad_x, grad_centers = center_loss(x[mine], labels[mine], centers)
     assert float(value) == pytest.approx(partial * mine.sum() / len(labels), rel=1e-5)
@@ -69,14 +77,14 @@ def test_a_shard_scores_only_its_own_classes():
     expected_grad_x[mine] = grad_x * mine.sum() / len(labels)
     np.testing.assert_allclose(x_tensor.grad.numpy(), expected_grad_x, rtol=1e-4, atol=1e-7)
     used = np.unique(labels[mine])
-    np.testing.assert_array_equal(table.sampled_index.numpy(), used - 3)
+    np.testing.assert_array_equal(table.sampled_index.numpy(), used - 4)
     np.testing.assert_allclose(table.sampled_weight.grad.numpy(),
                                grad_centers[used] * mine.sum() / len(labels), rtol=1e-4, atol=1e-7)
 
 
-def test_a_shard_without_batch_classes_contributes_zero_and_an_empty_gradient():
+def test_a_shard_without_batch_classes_contributes_zero_and_an_empty_gradient(second_of_two_ranks):
     loss = CenterLoss()
-    [table] = loss.attach(fake_head(20, class_start=10, num_local_classes=10))
+    [table] = loss.attach(fake_head(20, model_parallel=True))  # rank 1 of 2: classes 10..19
     x = paddle.to_tensor(np.ones((3, DIM), np.float32), stop_gradient=False)
     value = loss(x, paddle.to_tensor([1, 2, 3]))
     value.backward()

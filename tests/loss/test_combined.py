@@ -1,5 +1,4 @@
-"""CombinedLoss: binding to the class layer, running statistics and the per-rank class-table files."""
-from types import SimpleNamespace
+"""CombinedLoss: binding to the class layer and running statistics (its tables: tests/test_checkpoint_reshard.py)."""
 
 import numpy as np
 import paddle
@@ -9,7 +8,6 @@ from plsc.errors import PlscError
 from plsc.heads.partial_fc import PartialFC
 from plsc.loss.combined import CombinedLoss
 from plsc.loss.inputs import LossInputs
-from plsc.loss.table_checkpoint import load_table_shards, save_table_shards, table_file
 
 ENTRIES = [{"CurricularFace": {"m": 0.5, "s": 16.0}}, {"CenterLoss": {"weight": 0.2}},
            {"AdaFace": {"s": 16.0, "weight": 0.5}}]
@@ -60,25 +58,3 @@ def test_running_statistics_round_trip_and_mismatch():
             np.testing.assert_array_equal(getattr(loss, name).numpy(), value)
     with pytest.raises(PlscError, match="no running statistics"):
         fresh.set_state_dict({})
-
-
-def test_table_files_reshard_from_two_ranks_to_one(tmp_path, monkeypatch):
-    # Two saved shards of a 7-class table (rows 0..3 and 4..6), written as ranks 0 and 1 would.
-    full = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
-    prefix = str(tmp_path / "latest")
-    for rank, (start, count) in enumerate([(0, 4), (4, 3)]):
-        monkeypatch.setenv("PADDLE_TRAINER_ID", str(rank))
-        table = SimpleNamespace(weight=paddle.to_tensor(full[start:start + count]), class_start=start,
-                                num_local_classes=count, num_classes=7, model_parallel=True)
-        save_table_shards(prefix, 12, {"1.CenterLoss": table})
-    monkeypatch.setenv("PADDLE_TRAINER_ID", "0")
-    assert (tmp_path / "latest_rank1.pdloss").is_file()
-    whole = SimpleNamespace(weight=paddle.zeros([7, 3]), class_start=0, num_local_classes=7, num_classes=7,
-                            model_parallel=True)
-    load_table_shards(prefix, 12, 2, {"1.CenterLoss": whole})
-    np.testing.assert_array_equal(whole.weight.numpy(), full)
-    with pytest.raises(PlscError, match="torn"):
-        load_table_shards(prefix, 13, 2, {"1.CenterLoss": whole})
-    with pytest.raises(PlscError, match="no table for Loss.Train entry 0.CenterLoss"):
-        load_table_shards(prefix, 12, 2, {"0.CenterLoss": whole})
-    assert table_file(prefix, 3).endswith("latest_rank3.pdloss")

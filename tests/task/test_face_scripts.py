@@ -95,8 +95,9 @@ def test_train_export_evaluate_chain(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # Two ranks wrote one checkpoint: the dense backbone once, the class-centre shard per rank.
     checkpoint = output_dir / "MobileFaceNet_base"
-    assert (checkpoint / "latest.pdparams").is_file()
-    assert {path.name for path in checkpoint.glob("latest_rank*.pdparams")} == {
+    saved = checkpoint / "latest"
+    assert (saved / "latest.pdparams").is_file()
+    assert {path.name for path in saved.glob("latest_rank*.pdparams")} == {
         "latest_rank0.pdparams", "latest_rank1.pdparams"}
 
     result = run_script("export.sh", "-o", "Model.class_num=8", cwd=tmp_path, timeout=300,
