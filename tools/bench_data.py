@@ -77,7 +77,7 @@ def timed_pass(loader, dataset, epoch):
     gc.collect()
     start = time.perf_counter()
     first_batch_done, count = None, 0
-    for images, _ in loader:
+    for images, *_ in loader:
         if first_batch_done is None:
             first_batch_done = time.perf_counter()
         else:

@@ -22,7 +22,8 @@ class BadSample:
 
 
 def collate_checked(samples):
-    """[(image, label)] -> [images [N, ...], labels [N]], or a marker [zeros [1, 1], bad indices] if any is bad."""
+    """[(image, label, is_masked)] -> [images [N, ...], labels [N], is_masked [N]] (any number of fields,
+    each stacked), or a marker [zeros [1, 1], bad indices] if any sample is bad."""
     bad = [sample.index for sample in samples if isinstance(sample, BadSample)]
     if bad:
         return [np.zeros([1, 1], dtype=np.float32), np.asarray(bad, dtype=np.int64)]
@@ -30,7 +31,10 @@ def collate_checked(samples):
 
 
 class CheckedLoader:
-    """Iterates (images, labels) like the DataLoader it wraps; raises the PlscError of a bad sample."""
+    """Iterates batches like the DataLoader it wraps; raises the PlscError of a bad sample.
+
+    A training dataset's batch is [images float32 [N, 3, H, W], labels int64 [N], is_masked int64 [N]].
+    """
 
     def __init__(self, dataset, batch_sampler, num_workers=0, use_shared_memory=True):
         self.dataset = dataset
@@ -48,10 +52,11 @@ class CheckedLoader:
             # Paddle 3.3 can deadlock a freshly forked worker while a finished single-process loader
             # (e.g. the evaluation's) still awaits collection; collecting first avoids it.
             gc.collect()
-        for images, labels in self.loader:
-            if images.ndim == 2:  # the marker batch of collate_checked
-                self.raise_for(int(labels[0]))
-            yield images, labels
+        for batch in self.loader:
+            # Images are [N, C, H, W] (or [N, H, W, C]); only the marker batch of collate_checked is 2-D.
+            if batch[0].ndim == 2:
+                self.raise_for(int(batch[1][0]))
+            yield batch
 
     def raise_for(self, index):
         """Read sample `index` here, so its PlscError is raised in the main process."""

@@ -184,21 +184,26 @@ class RandomMask:
         return paint_mask(image, draw_style(rng, self.shapes))
 
 
-def split_after_decode(transform):
-    """A Compose -> (ops up to DecodeImage, ops after it), so a mask can be painted in between."""
+def split_after_decode(transform, purpose="masked evaluation"):
+    """A Compose -> (ops up to DecodeImage, ops after it), so a mask can be painted in between.
+
+    `purpose` names what needs the painting (a setting or key) in the error message.
+    """
     for position, op in enumerate(transform.ops):
         if isinstance(op, DecodeImage):
             if op.channel_first or not op.to_rgb:
-                raise PlscError("masked evaluation needs DecodeImage with to_rgb: True and channel_first: False")
+                raise PlscError(f"{purpose} paints masks, which needs DecodeImage with to_rgb: True and "
+                                "channel_first: False in transform_ops")
             return Compose(transform.ops[:position + 1]), Compose(transform.ops[position + 1:])
-    raise PlscError("masked evaluation needs a DecodeImage op in the evaluation transform_ops")
+    raise PlscError(f"{purpose} paints masks, which needs a DecodeImage op in transform_ops")
 
 
 class OneSideMaskedPairs(Dataset):
     """A verification pair set with a mask painted on one image of every pair.
 
     Which image and which mask depend only on (seed, pair index), so the set is the same on every
-    run and for any loader order. Items are (image, label) as the wrapped dataset gives them.
+    run and for any loader order. Items are (image, label, is_masked int64): 1 on the painted image,
+    so a backbone that takes the flag sees which face wears the mask.
     """
 
     def __init__(self, pairs, seed=0, shapes=tuple(MASK_SHAPES)):
@@ -226,4 +231,11 @@ class OneSideMaskedPairs(Dataset):
         masked_side, style = self.masked_side(pair_index)
         if side == masked_side:
             image = paint_mask(image, style)
-        return self.after_decode(image, rng), np.int64(self.pairs.labels[index])
+        return self.after_decode(image, rng), np.int64(self.pairs.labels[index]), np.int64(side == masked_side)
+
+    def masked_flags(self):
+        """is_masked of every image in pair order: int64 [2P], one 1 per pair."""
+        flags = np.zeros(len(self), dtype=np.int64)
+        for pair_index in range(len(self) // 2):
+            flags[2 * pair_index + self.masked_side(pair_index)[0]] = 1
+        return flags

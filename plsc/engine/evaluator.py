@@ -1,4 +1,10 @@
-"""Verification during training (and by `plsc-eval`): embed each pair set, score it with the metrics."""
+"""Verification during training (and by `plsc-eval`): embed each pair set, score it with the metrics.
+
+A backbone that declares `side_inputs = ("is_masked",)` (a class attribute) is called as
+`backbone(images, is_masked=flags)` with each image's flag (int64 [N]); any other backbone gets the
+images alone. Each set's results name its kind (holistic / masked / per_image); a per_image set also
+scores the pairs with a masked face and those without, so both figures sit on one line.
+"""
 import logging
 
 import numpy as np
@@ -7,19 +13,66 @@ import paddle
 from plsc import distributed
 from plsc.data import build_loader
 
+# Extra figures of a per_image set: accuracy over the pairs with at least one masked image, over the
+# pairs with none, and how many pairs each holds.
+PER_IMAGE_KEYS = ("masked_pairs_accuracy", "unmasked_pairs_accuracy", "masked_pairs", "unmasked_pairs")
+
+
+def takes_masked_flag(backbone):
+    """True if the backbone (or the layer a DataParallel wrapper holds) declares the is_masked side input."""
+    layer = getattr(backbone, "_layers", backbone)
+    return "is_masked" in getattr(layer, "side_inputs", ())
+
 
 def embed_dataset(backbone, loader, flip_test):
-    """Embeddings [N, D] of a loader's images in order; with flip_test, emb(x) + emb(mirror(x))."""
+    """Embeddings [N, D] of a loader's images in order; with flip_test, emb(x) + emb(mirror(x)).
+
+    Batches are [images, labels, is_masked] (or [images, labels]); the flag goes to backbones that take
+    it, the same flag for an image and its mirror.
+    """
+    with_flag = takes_masked_flag(backbone)
     backbone.eval()
     chunks = []
     with paddle.no_grad():
-        for images, _ in loader:
-            embeddings = backbone(images)
+        for batch in loader:
+            images = batch[0]
+            side = {"is_masked": batch[2]} if with_flag and len(batch) > 2 else {}
+            embeddings = backbone(images, **side)
             if flip_test:
-                embeddings = embeddings + backbone(paddle.flip(images, axis=[3]))
+                embeddings = embeddings + backbone(paddle.flip(images, axis=[3]), **side)
             chunks.append(embeddings.astype("float32").numpy())
     backbone.train()
     return np.concatenate(chunks, axis=0)
+
+
+def pair_subset_figures(metric, embeddings, issame, pair_has_mask):
+    """A per_image set's extra figures: the metric's accuracy over the pairs with / without a masked face.
+
+    embeddings [2P, D] in pair order, issame [P], pair_has_mask [P] bool. A subset of fewer than two
+    pairs cannot be cross-validated: its accuracy is nan.
+    """
+    figures = {}
+    for prefix, chosen in (("masked", pair_has_mask), ("unmasked", ~pair_has_mask)):
+        pairs = np.flatnonzero(chosen)
+        figures[f"{prefix}_pairs"] = int(pairs.size)
+        if pairs.size < 2:
+            figures[f"{prefix}_pairs_accuracy"] = float("nan")
+            continue
+        rows = np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)
+        figures[f"{prefix}_pairs_accuracy"] = metric(embeddings[rows], np.asarray(issame)[pairs])["accuracy"]
+    return figures
+
+
+def format_figures(name, figures):
+    """One log line of a set's results: kind, accuracy, best, threshold, xnorm (+ the pair split of per_image)."""
+    line = f"{name} ({figures.get('kind', 'holistic')}): accuracy {figures['accuracy']:.5f} +- {figures['std']:.5f}"
+    if "best" in figures:
+        line += f", best {figures['best']:.5f}"
+    line += f", threshold {figures['threshold']:.2f}, xnorm {figures['xnorm']:.3f}"
+    if figures.get("masked_pairs") and figures.get("unmasked_pairs"):  # both kinds present: one figure each
+        line += (f" | pairs with a masked face {figures['masked_pairs_accuracy']:.5f} ({figures['masked_pairs']}), "
+                 f"without {figures['unmasked_pairs_accuracy']:.5f} ({figures['unmasked_pairs']})")
+    return line
 
 
 class VerificationEvaluator:
@@ -41,7 +94,8 @@ class VerificationEvaluator:
                             {"num_workers": self.num_workers})
 
     def evaluate(self, backbone):
-        """{set name: {figure: value, 'best': best metric so far}}, identical on every rank.
+        """{set name: {figure: value, 'kind': 'holistic' | 'masked' | 'per_image', 'best': best metric so far}},
+        identical on every rank. A per_image set adds PER_IMAGE_KEYS; `format_figures` writes one line.
 
         Rank 0 evaluates (all ranks hold the same backbone) and broadcasts the result. The reports of
         the set-owning metrics land in `self.reports` ({name: report}, see plsc/metrics/report.py).
@@ -51,11 +105,15 @@ class VerificationEvaluator:
             results = {}
             for dataset, loader in zip(self.datasets, self.loaders):
                 embeddings = {}
+                kind = getattr(dataset, "masked_kind", "holistic")
                 for metric in self.metrics:
                     flip = getattr(metric, "flip_test", False)
                     if flip not in embeddings:
                         embeddings[flip] = embed_dataset(backbone, loader, flip)
-                    figures = metric(embeddings[flip], dataset.issame)
+                    figures = {"kind": kind, **metric(embeddings[flip], dataset.issame)}
+                    if kind == "per_image":
+                        pair_has_mask = (dataset.image_masked[0::2] + dataset.image_masked[1::2]) > 0
+                        figures.update(pair_subset_figures(metric, embeddings[flip], dataset.issame, pair_has_mask))
                     results.setdefault(dataset.name, {}).update(figures)
             reports = self._run_set_metrics(backbone)
         results, self.reports = distributed.broadcast_object((results, reports))

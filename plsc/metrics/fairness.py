@@ -46,11 +46,11 @@ def open_pair_set(path, name):
     from plsc.data.dataset.face_verification import FaceVerificationDataset
 
     if os.path.isdir(path):
-        return FaceVerificationDataset(image_root=path, cls_label_path=os.path.join(path, "label.txt"), name=name)
+        return FaceVerificationDataset(image_root=path, cls_label_path=os.path.join(path, "label.txt"), set_name=name)
     if path.endswith(".bin"):
-        return FaceVerificationDataset(bin_path=path, name=name)
+        return FaceVerificationDataset(bin_path=path, set_name=name)
     if os.path.isfile(path):
-        return FaceVerificationDataset(image_root=os.path.dirname(path), cls_label_path=path, name=name)
+        return FaceVerificationDataset(image_root=os.path.dirname(path), cls_label_path=path, set_name=name)
     raise PlscError(f"pair set '{name}': {path} is neither a .bin file, a folder nor a label file")
 
 

@@ -1,5 +1,5 @@
 """Backbones: images [N, 3, H, W] -> embeddings [N, num_features]; importing this fills `MODELS`."""
-from plsc.models import face_vit, iresnet, mobilefacenet  # noqa: F401  (registration side effects)
+from plsc.models import face_t, face_vit, iresnet, mobilefacenet  # noqa: F401  (registration side effects)
 from plsc.registry import MODELS
 
 # Keys of the config's `Model` section that belong to the training head, not the backbone.

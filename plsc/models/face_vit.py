@@ -149,6 +149,24 @@ class FaceViT(nn.Layer):
             tokens = restore_tokens(tokens, self.mask_token, restore)
         return self.feature(tokens.flatten(1))
 
+    # ---- layer-wise LR decay (Optimizer.layer_decay) ---------------------------------------------
+    @property
+    def num_lr_layers(self):
+        """Layer ids run from 0 (patch and position embedding) to depth + 1 (final norm and feature head)."""
+        return len(self.blocks) + 2
+
+    def layer_id(self, name):
+        """Layer id of a structured parameter name: 'pos_embed' 0, 'blocks.3.mlp.0.weight' 4, 'norm.bias' depth + 1."""
+        top = name.split(".", 1)[0]
+        # The mask token stands in for patch tokens, so it learns with the input embedding.
+        if top in ("patch_embed", "pos_embed", "mask_token"):
+            return 0
+        if top == "blocks":
+            return int(name.split(".")[1]) + 1
+        if top in ("norm", "feature"):
+            return len(self.blocks) + 1
+        raise ValueError(f"FaceViT.layer_id: no layer for parameter '{name}'")
+
 
 def face_vit(num_features, data_format, drop_path_rate, mask_ratio, embed_dim, depth):
     """PLSC's FaceViT sizes differ only in width and depth (8 heads, MLP ratio 4 throughout)."""

@@ -1,10 +1,11 @@
 """The training optimizer: Paddle's Momentum / AdamW for the backbone, row-sparse updates for the class shard.
 
-`build_optimizer(Optimizer config, dense parameters, sparse heads, lr)` returns a `FaceOptimizer`.
-Its `step()` runs, in this order:
+`build_optimizer(Optimizer config, dense parameters, sparse heads, lr, backbone=None)` returns a
+`FaceOptimizer`. Its `step()` runs, in this order:
   1. all-reduce (sum) of the dense gradients across ranks,
   2. clipping by global norm (`Optimizer.grad_clip`),
-  3. the dense update (paddle.optimizer.Momentum / AdamW),
+  3. the dense update (paddle.optimizer.Momentum / AdamW, one Paddle parameter group per
+     `ParameterGroup`: its LR scale and weight decay; see layer_decay.py),
   4. the sparse update of each head's sampled class-centre rows (never all-reduced: each rank
      owns its shard).
 
@@ -16,6 +17,11 @@ scratch space) and Momentum updates `sampled_weight` in place with the rows (one
 
 The registered optimizers (`Momentum`, `AdamW`) are the update rules with PLSC's config keys; each
 knows how to build the dense Paddle optimizer and how to update sparse rows.
+
+`Optimizer.layer_decay: d` (ViT backbones that declare layer ids) scales the LR of backbone layer
+`id` by d ** (num_lr_layers - 1 - id) and turns on the no-weight-decay rule for 1-D parameters,
+biases and position embeddings (`Optimizer.no_weight_decay_1d` turns that rule on or off by
+itself). The class-centre rows always learn at the schedule's LR.
 """
 import paddle
 from paddle.utils import unique_name
@@ -23,6 +29,7 @@ from paddle.utils import unique_name
 from plsc import distributed
 from plsc.errors import PlscError
 from plsc.optim.grad_clip import build_grad_clip
+from plsc.optim.layer_decay import check_layer_decay, check_no_weight_decay_1d, exempt_from_decay, group_parameters
 from plsc.optim.sparse_momentum import sparse_adamw_update, sparse_momentum_update
 from plsc.registry import OPTIMIZERS
 
@@ -53,16 +60,40 @@ def named_parameters(parameters):
 
 
 class UpdateRule:
-    """What the registered optimizers share: weight decay, its exemptions and the gradient clip."""
+    """What the registered optimizers share: weight decay, its exemptions, layer-wise LR decay and the clip."""
 
-    def __init__(self, weight_decay, grad_clip, no_weight_decay_name):
+    def __init__(self, weight_decay, grad_clip, no_weight_decay_name, layer_decay, no_weight_decay_1d):
         self.weight_decay = float(weight_decay)
         self.grad_clip = build_grad_clip(grad_clip)
         self.no_weight_decay_name = name_patterns(no_weight_decay_name)
+        self.layer_decay = check_layer_decay(layer_decay)
+        self.no_weight_decay_1d = check_no_weight_decay_1d(no_weight_decay_1d, self.layer_decay)
 
-    def decays(self, names):
-        """False when any of a parameter's `names` contains a `no_weight_decay_name` string."""
-        return not any(pattern in name for pattern in self.no_weight_decay_name for name in names)
+    def decays(self, names, parameter=None):
+        """False when any of a parameter's `names` contains a `no_weight_decay_name` string, or the
+        no-weight-decay rule is on and exempts `parameter` (1-D, bias, position embedding).
+
+        The class-centre tables are asked without `parameter`: the rule is for backbone tensors.
+        """
+        if any(pattern in name for pattern in self.no_weight_decay_name for name in names):
+            return False
+        return not (self.no_weight_decay_1d and parameter is not None and exempt_from_decay(names, parameter))
+
+    def group_parameters(self, named, backbone):
+        """The dense parameters [(names, Parameter)] as ParameterGroups (LR scale, weight decay)."""
+        return group_parameters(named, self.weight_decay, self.decays, self.layer_decay, backbone)
+
+
+def paddle_groups(groups):
+    """ParameterGroups -> Paddle's parameter groups.
+
+    Paddle multiplies the optimizer's LR by a group's `learning_rate` at every step (it becomes
+    each parameter's optimize_attr), so set_lr keeps driving all groups; a group's `weight_decay`
+    overrides the optimizer's (Momentum: the L2 coefficient; AdamW: the decoupled coefficient,
+    applied as p *= 1 - lr * scale * wd).
+    """
+    return [{"params": [parameter for _, parameter in group.parameters], "learning_rate": group.lr_scale,
+             "weight_decay": group.weight_decay} for group in groups]
 
 
 @OPTIMIZERS.register("Momentum")
@@ -76,18 +107,13 @@ class Momentum(UpdateRule):
     sparse_state_names = ("velocity",)
 
     def __init__(self, momentum=0.9, weight_decay=0.0, use_master_param=True, grad_clip=None,
-                 no_weight_decay_name=None):
-        super().__init__(weight_decay, grad_clip, no_weight_decay_name)
+                 no_weight_decay_name=None, layer_decay=None, no_weight_decay_1d=None):
+        super().__init__(weight_decay, grad_clip, no_weight_decay_name, layer_decay, no_weight_decay_1d)
         self.momentum = float(momentum)
         self.use_master_param = bool(use_master_param)
 
-    def build_dense(self, named, lr):
-        decayed = [parameter for names, parameter in named if self.decays(names)]
-        exempt = [parameter for names, parameter in named if not self.decays(names)]
-        # A group's own weight_decay overrides the optimizer's (the L2 coefficient of Momentum).
-        groups = [group for group in ({"params": decayed}, {"params": exempt, "weight_decay": 0.0})
-                  if group["params"]]
-        return paddle.optimizer.Momentum(learning_rate=lr, momentum=self.momentum, parameters=groups,
+    def build_dense(self, groups, lr):
+        return paddle.optimizer.Momentum(learning_rate=lr, momentum=self.momentum, parameters=paddle_groups(groups),
                                          weight_decay=self.weight_decay,
                                          multi_precision=self.use_master_param)
 
@@ -111,21 +137,19 @@ class AdamW(UpdateRule):
     sparse_state_names = ("moment1", "moment2", "row_steps")
 
     def __init__(self, betas=(0.9, 0.999), epsilon=1e-8, weight_decay=0.01, use_master_param=False,
-                 grad_clip=None, no_weight_decay_name=None):
-        super().__init__(weight_decay, grad_clip, no_weight_decay_name)
+                 grad_clip=None, no_weight_decay_name=None, layer_decay=None, no_weight_decay_1d=None):
+        super().__init__(weight_decay, grad_clip, no_weight_decay_name, layer_decay, no_weight_decay_1d)
         if len(betas) != 2:
             raise PlscError(f"Optimizer.betas needs two numbers (beta1, beta2), got {betas}")
         self.beta1, self.beta2 = (float(beta) for beta in betas)
         self.epsilon = float(epsilon)
         self.use_master_param = bool(use_master_param)
 
-    def build_dense(self, named, lr):
-        exempt = {parameter.name for names, parameter in named if not self.decays(names)}
+    def build_dense(self, groups, lr):
+        # Not AdamW's lr_ratio: Paddle implements it on GPU and XPU only; group LRs work everywhere.
         return paddle.optimizer.AdamW(learning_rate=lr, beta1=self.beta1, beta2=self.beta2,
-                                      epsilon=self.epsilon, parameters=[parameter for _, parameter in named],
-                                      weight_decay=self.weight_decay,
-                                      apply_decay_param_fun=lambda name: name not in exempt,
-                                      multi_precision=self.use_master_param)
+                                      epsilon=self.epsilon, parameters=paddle_groups(groups),
+                                      weight_decay=self.weight_decay, multi_precision=self.use_master_param)
 
     def new_sparse_state(self, weight):
         return {"moment1": paddle.zeros_like(weight), "moment2": paddle.zeros_like(weight),
@@ -164,13 +188,15 @@ def rename_state(state, renames):
 class FaceOptimizer:
     """Dense (data-parallel) plus row-sparse (model-parallel) optimizer behind one step()."""
 
-    def __init__(self, rule, dense_parameters, sparse_heads, lr):
+    def __init__(self, rule, dense_parameters, sparse_heads, lr, backbone=None):
         self.rule = rule
         self.lr = float(lr)
         self.dense_named = [(names, parameter) for names, parameter in named_parameters(dense_parameters)
                             if not parameter.stop_gradient]
         self.heads = {head_key(position): head for position, head in enumerate(sparse_heads)}
-        self.dense = rule.build_dense(self.dense_named, self.lr) if self.dense_named else None
+        # Layer ids are looked up even without dense parameters, so a misconfigured model fails at once.
+        self.groups = rule.group_parameters(self.dense_named, backbone)
+        self.dense = rule.build_dense(self.groups, self.lr) if self.groups else None
         # head key -> {state name: tensor whose first axis runs over the shard's rows}; made lazily.
         self.sparse_state = {}
 
@@ -182,6 +208,20 @@ class FaceOptimizer:
 
     def get_lr(self):
         return self.lr
+
+    def describe_groups(self):
+        """One line per parameter group: layer id, LR scale, LR now, weight decay, parameter count."""
+        lines = []
+        for group in self.groups:
+            layer = "-" if group.layer_id is None else group.layer_id
+            lines.append(f"layer {layer}: lr scale {group.lr_scale:.6g}, lr {self.lr * group.lr_scale:.6g}, "
+                         f"weight decay {group.weight_decay:g}, {len(group.parameters)} parameters "
+                         f"({group.num_values()} values)")
+        for key, head in self.heads.items():
+            weight_decay = self.rule.weight_decay if self.rule.decays((head.weight.name,)) else 0.0
+            lines.append(f"{key} class centres (sparse): lr scale 1, lr {self.lr:.6g}, weight decay {weight_decay:g}, "
+                         f"{int(head.weight.size)} values on this rank")
+        return lines
 
     # ---- gradients --------------------------------------------------------------------------
     def dense_gradients(self):
@@ -297,11 +337,12 @@ class FaceOptimizer:
         self.set_sparse_state_dict(state["sparse"])
 
 
-def build_optimizer(optimizer_config, dense_parameters, sparse_heads, lr):
+def build_optimizer(optimizer_config, dense_parameters, sparse_heads, lr, backbone=None):
     """`Optimizer` config section -> FaceOptimizer over the backbone parameters and the heads' shards.
 
     dense_parameters: Parameters, or (structured name, Parameter) pairs; sparse_heads: see the module
-    docstring; lr: the learning rate of step 0.
+    docstring; lr: the learning rate of step 0; backbone: the model whose `num_lr_layers` and
+    `layer_id(structured name)` place each parameter for `Optimizer.layer_decay` (needed only then).
     """
     kwargs = dict(optimizer_config)
     name = kwargs.pop("name", None)
@@ -312,4 +353,4 @@ def build_optimizer(optimizer_config, dense_parameters, sparse_heads, lr):
         if key not in known:
             raise PlscError(f"unknown key Optimizer.{key} for {name}; known: {', '.join(known)}")
     rule = OPTIMIZERS.build(name, where="Optimizer.name", **kwargs)
-    return FaceOptimizer(rule, dense_parameters, sparse_heads, lr)
+    return FaceOptimizer(rule, dense_parameters, sparse_heads, lr, backbone=backbone)

@@ -142,10 +142,12 @@ def test_masked_pairs_paint_before_the_rest_of_the_pipeline(tmp_path):
     side, style = masked.masked_side(0)
     decoded = build_transforms(ops[:1])(pairs.read_bytes(side), None)
     expected = build_transforms(ops[1:])(paint_mask(decoded, style), None)
-    image, label = masked[side]
+    image, label, is_masked = masked[side]
     assert image.shape == (3, 56, 56)
     np.testing.assert_allclose(image, expected, atol=1e-6)
     assert label == pairs.labels[side]
+    assert is_masked == 1 and masked[1 - side][2] == 0  # the flag marks the painted image
+    np.testing.assert_array_equal(masked.masked_flags()[:2], [side == 0, side == 1])
 
 
 def test_split_after_decode_needs_a_decode_op():

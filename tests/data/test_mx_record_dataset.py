@@ -39,8 +39,9 @@ def test_labels_and_images_match_a_hand_parse(tmp_path, with_header):
     assert len(dataset) == 9 and dataset.num_classes == 3
     np.testing.assert_array_equal(dataset.labels, labels)
     for index in range(len(dataset)):
-        image, label = dataset[index]
+        image, label, is_masked = dataset[index]
         assert label == labels[index] and label.dtype == np.int64
+        assert is_masked == 0 and is_masked.dtype == np.int64
         np.testing.assert_array_equal(image, cv2.imdecode(np.frombuffer(encoded[index], np.uint8), cv2.IMREAD_COLOR))
     assert dataset.label_source == ("the identity records" if with_header else "the image headers at start-up")
 
@@ -147,7 +148,7 @@ def test_pickles_without_a_file_handle_and_workers_read_the_same_samples(tmp_pat
 
     def batches(num_workers):
         loader = build_loader(dataset, {"name": "BatchSampler", "batch_size": 5}, {"num_workers": num_workers})
-        return [(images.numpy(), labels.numpy()) for images, labels in loader]
+        return [(images.numpy(), labels.numpy()) for images, labels, _ in loader]
 
     sequential = batches(0)
     # Paddle 3.3 can deadlock a worker forked while the finished num_workers=0 iterator awaits

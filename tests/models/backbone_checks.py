@@ -124,3 +124,18 @@ def expected_mobilefacenet_parameters(blocks, scale, num_features=512):
     total += conv_bn(512, 512, 7, groups=512, prelu=False)   # global depthwise conv
     total += 512 * num_features + 2 * num_features            # linear (no bias) + BN1d
     return total
+
+
+def expected_facet_parameters(dim, depth, heads, prompts, tokens, num_features=512, mlp_ratio=4, patch=8):
+    hidden = dim * mlp_ratio
+    block = 4 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
+    stem = 3 * patch * patch * dim + dim + tokens * dim
+    prompt_part = depth * 2 * prompts * dim + 2 * heads * prompts * (dim // heads) + dim * dim + dim
+    return stem + depth * block + prompt_part + dim * num_features + num_features
+
+
+def expected_facet_macs(dim, depth, prompts, tokens, num_features=512, mlp_ratio=4, patch=8):
+    length = tokens + prompts  # every block takes the prompts
+    block = length * (dim * 3 * dim + dim * dim + 2 * dim * dim * mlp_ratio) + 2 * length * length * dim
+    pool = tokens * dim * dim + 2 * prompts * tokens * dim
+    return tokens * 3 * patch * patch * dim + depth * block + pool + dim * num_features

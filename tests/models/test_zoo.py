@@ -2,8 +2,8 @@
 published parameter / GFLOPs figures (GFLOPs = multiply-accumulates * 1e-9 at 112x112)."""
 import pytest
 
-from backbone_checks import (expected_iresnet_parameters, expected_mobilefacenet_parameters,
-                             expected_vit_parameters)
+from backbone_checks import (expected_facet_parameters, expected_iresnet_parameters,
+                             expected_mobilefacenet_parameters, expected_vit_parameters)
 from plsc.models import MODELS
 from plsc.models.complexity import count_flops, count_parameters
 
@@ -37,6 +37,9 @@ ZOO = [
     size("FaceViT_small_patch9_112", expected_vit_parameters(512, 12), gflops=(5.7, 0.01), slow=True),
     size("FaceViT_base_patch9_112", expected_vit_parameters(512, 24), (113.83, 1e-3), (11.4, 0.01)),
     size("FaceViT_large_patch9_112", expected_vit_parameters(768, 24), gflops=(25.3, 0.01), slow=True),
+    # FaceT: no published counts; 196 patch tokens + 32 prompts (base), 16 prompts (tiny).
+    size("FaceT_base", expected_facet_parameters(768, 12, 12, 32, 196), slow=True),
+    size("FaceT_tiny", expected_facet_parameters(96, 4, 4, 16, 196)),
 ]
 
 

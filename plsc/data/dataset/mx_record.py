@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from plsc.data.dataset.base import FaceImageDataset
+from plsc.data.dataset.base import COPY_FOUND, COPY_MISSING, FaceImageDataset
 from plsc.data.recordio import FaceRecordIndex, RecordReader
 from plsc.errors import PlscError
 from plsc.registry import DATASETS
@@ -65,10 +65,14 @@ class MXRecordDataset(FaceImageDataset):
 
     An image's class is its header label (the first label when flag > 0). `property`
     (`num_classes,height,width`) beside the files, when present, is checked against Model.class_num.
+
+    With `masked_ratio` r > 0, a sample is replaced by its masked face with probability r: the record
+    of the same key in `masked_root/train.rec` (+ `train.idx`) when `masked_root` is given (a key it
+    lacks is painted instead, and counted), else painted by plsc's mask synthesis.
     """
 
-    def __init__(self, root_dir, transform_ops=None, seed=0):
-        super().__init__(transform_ops, seed)
+    def __init__(self, root_dir, transform_ops=None, seed=0, masked_ratio=0.0, masked_root=None):
+        super().__init__(transform_ops, seed, masked_ratio)
         if not os.path.isdir(root_dir):
             raise PlscError(f"root_dir is not a directory: {root_dir}")
         self.root_dir = root_dir
@@ -85,6 +89,23 @@ class MXRecordDataset(FaceImageDataset):
         self.labels, self.label_source = self._read_labels()
         # Start-up reads happened in this process; each DataLoader worker opens its own handle.
         reader.close()
+        self.masked_reader = self._open_masked_copy(masked_root)
+
+    def _open_masked_copy(self, masked_root):
+        """The reader of the pre-masked `.rec` (or None); decides here which keys it holds (copy_status)."""
+        if masked_root is not None and not os.path.isdir(str(masked_root)):
+            raise PlscError(f"masked_root is not a directory: {masked_root}")
+        if masked_root is None or self.masked_ratio == 0.0:
+            self.setup_masking(np.zeros(len(self), dtype=np.int8), "")
+            return None
+        masked_reader = RecordReader(os.path.join(str(masked_root), "train.rec"),
+                                     os.path.join(str(masked_root), "train.idx"))
+        # Image keys only: a key the copy uses for an identity record is no masked face.
+        has_copy = np.isin(self.records.image_keys, FaceRecordIndex(masked_reader).image_keys)
+        masked_reader.close()
+        self.setup_masking(np.where(has_copy, COPY_FOUND, COPY_MISSING),
+                           f"looked for the same key in {masked_reader.rec_path}")
+        return masked_reader
 
     def _read_labels(self):
         """(labels int64 [N], what they were taken from) for the error message of a later mismatch.
@@ -123,6 +144,19 @@ class MXRecordDataset(FaceImageDataset):
 
     def describe(self, index):
         return f"{self.rec_path} key {int(self.records.image_keys[index])}"
+
+    def describe_masked(self, index):
+        return f"{self.masked_reader.rec_path} key {int(self.records.image_keys[index])} (pre-masked copy)"
+
+    def read_masked_bytes(self, index):
+        key = int(self.records.image_keys[index])
+        try:
+            _, image_bytes = self.masked_reader.read_unpacked(key)
+        except PlscError as error:
+            raise PlscError(str(error).removeprefix(f"{self.masked_reader.rec_path} key {key}: ")) from None
+        except OSError as error:
+            raise PlscError(f"cannot read record: {error.strerror or error}") from None
+        return image_bytes
 
     def read_bytes(self, index):
         where = self.describe(index)

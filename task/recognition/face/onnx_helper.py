@@ -20,12 +20,15 @@ def default_providers():
 
 
 def check_graph(model, path):
-    """Raise a PlscError unless the graph has one 4-D NCHW 3-channel input, one output, fp32 weights."""
+    """Raise a PlscError unless the graph has one 4-D NCHW 3-channel image input (first; FaceT adds
+    `is_masked`), one output and fp32 weights."""
     weights = {initializer.name: initializer for initializer in model.graph.initializer}
     # Old exporters also list the weights as graph inputs; only the others are fed.
     inputs = [value for value in model.graph.input if value.name not in weights]
-    if len(inputs) != 1:
-        raise PlscError(f"{path}: expected one image input, found {len(inputs)}")
+    extra = [value.name for value in inputs[1:]]
+    if not inputs or set(extra) - {"is_masked"}:
+        raise PlscError(f"{path}: expected one image input (and optionally is_masked), found "
+                        f"{[value.name for value in inputs]}")
     dims = inputs[0].type.tensor_type.shape.dim
     if len(dims) != 4:
         raise PlscError(f"{path}: input '{inputs[0].name}' has {len(dims)} dimensions, expected 4 (N, 3, H, W)")
@@ -41,7 +44,11 @@ def check_graph(model, path):
 
 
 class OnnxFaceModel:
-    """images uint8 [N, H, W, 3] RGB -> embeddings [N, D] float32, in batches of `batch_size`."""
+    """images uint8 [N, H, W, 3] RGB -> embeddings [N, D] float32, in batches of `batch_size`.
+
+    A model exported with a per-image side input (FaceT's `is_masked`, int64 [N]) is fed the flags
+    given to `embed`, 0 (holistic) for every image when none are given.
+    """
 
     def __init__(self, path, providers=None, batch_size=128, input_mean=DEFAULT_INPUT_MEAN,
                  input_std=DEFAULT_INPUT_STD):
@@ -66,6 +73,9 @@ class OnnxFaceModel:
         self.batch_size = self.fixed_batch or int(batch_size)
         self.input_mean = float(input_mean)
         self.input_std = float(input_std)
+        self.side_inputs = [extra.name for extra in self.session.get_inputs()[1:]]
+        if set(self.side_inputs) - {"is_masked"}:
+            raise PlscError(f"{path}: unknown extra inputs {self.side_inputs} (known: the image and is_masked)")
 
     def preprocess(self, images):
         """uint8 [N, H, W, 3] RGB -> float32 [N, 3, H, W] normalised."""
@@ -76,16 +86,23 @@ class OnnxFaceModel:
         normalised = (images.astype(np.float32) - self.input_mean) / self.input_std
         return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
 
-    def _run(self, batch):
+    def _run(self, batch, flags):
         count = batch.shape[0]
         if self.fixed_batch and count < self.fixed_batch:
             padding = np.zeros((self.fixed_batch - count, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, padding])
-        return self.session.run(None, {self.input_name: batch})[0][:count]
+            flags = np.concatenate([flags, np.zeros(self.fixed_batch - count, dtype=np.int64)])
+        feed = {self.input_name: batch, **{name: flags for name in self.side_inputs}}
+        return self.session.run(None, feed)[0][:count]
 
-    def embed(self, images):
-        """Embeddings of RGB uint8 images [N, H, W, 3]: [N, D] float32 (not normalised)."""
+    def embed(self, images, is_masked=None):
+        """Embeddings of RGB uint8 images [N, H, W, 3]: [N, D] float32 (not normalised).
+
+        is_masked: [N] 0/1 per image, for models with that input (ignored by the others).
+        """
         inputs = self.preprocess(images)
-        outputs = [self._run(inputs[start:start + self.batch_size])
+        flags = (np.zeros(inputs.shape[0], dtype=np.int64) if is_masked is None
+                 else np.asarray(is_masked, dtype=np.int64).reshape(-1))
+        outputs = [self._run(inputs[start:start + self.batch_size], flags[start:start + self.batch_size])
                    for start in range(0, inputs.shape[0], self.batch_size)]
         return np.concatenate(outputs).astype(np.float32, copy=False)

@@ -104,15 +104,20 @@ def _name_and_path(text):
 
 
 def onnx_embedder(model):
-    """embed(dataset, flip_test) -> [N, D] float32 for datasets yielding uint8 [H, W, 3] images."""
+    """embed(dataset, flip_test) -> [N, D] float32 for datasets yielding uint8 [H, W, 3] images.
+
+    Items (image, label, is_masked) pass their flag on, so a FaceT model uses its masked-face prompts
+    for the masked images (the mirror image gets the same flag).
+    """
     def embed(dataset, flip_test):
         chunks = []
         for start in range(0, len(dataset), model.batch_size):
-            stop = min(start + model.batch_size, len(dataset))
-            images = np.stack([dataset[index][0] for index in range(start, stop)])
-            embeddings = model.embed(images)
+            items = [dataset[index] for index in range(start, min(start + model.batch_size, len(dataset)))]
+            images = np.stack([item[0] for item in items])
+            flags = np.array([item[2] if len(item) > 2 else 0 for item in items], dtype=np.int64)
+            embeddings = model.embed(images, flags)
             if flip_test:
-                embeddings = embeddings + model.embed(np.ascontiguousarray(images[:, :, ::-1]))
+                embeddings = embeddings + model.embed(np.ascontiguousarray(images[:, :, ::-1]), flags)
             chunks.append(embeddings)
         return np.concatenate(chunks)
 
