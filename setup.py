@@ -25,12 +25,18 @@ setup(
         "onnxruntime",
         "paddle2onnx>=2.0",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        # Flower deployment of plsc-fedtrain's server and clients (ServerApp / ClientApp).
+        "federated": ["flwr>=1.42"],
+        "test": ["pytest", "flwr>=1.42"],
+    },
     entry_points={
         "console_scripts": [
             "plsc-train=plsc.cli:train_main",
             "plsc-eval=plsc.cli:eval_main",
             "plsc-export=plsc.cli:export_main",
+            "plsc-fedtrain=plsc.cli:fedtrain_main",
+            "plsc-fedeval=plsc.cli:fedeval_main",
         ]
     },
 )

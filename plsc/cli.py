@@ -1,5 +1,6 @@
 """Console entry points `plsc-train`, `plsc-eval` and `plsc-export` (PLSC's flags: -c CONFIG, -o Key.sub=value)."""
 import argparse
+import os
 import sys
 
 from plsc.errors import PlscError
@@ -47,6 +48,17 @@ def train_main(argv=None):
         from plsc.engine.trainer import Trainer
 
         config = load_config(args.config, args.override)
+        glob = config.Global
+        stage, start = glob.get("pretrain_config"), glob.get("pretrained_model")
+        if stage and start and not glob.get("checkpoint") and not os.path.exists(start):
+            # A two-stage recipe (MAE pre-training, then fine-tuning) in one command: the first
+            # stage runs once, when the weights this config starts from are not there yet.
+            first = Trainer(load_config(stage, []))
+            first.logger.info(f"pre-training stage {stage}, for Global.pretrained_model {start}")
+            first.train()
+            if not os.path.exists(start):
+                raise PlscError(f"Global.pretrain_config {stage} finished without writing Global.pretrained_model "
+                                f"{start}: make the two paths agree")
         trainer = Trainer(config)
         trainer.logger.info("config:\n" + format_config(config))
         trainer.train()
@@ -79,3 +91,27 @@ def export_main(argv=None):
         export_from_config(load_config(args.config, args.override))
 
     run_reporting_user_errors("plsc-export", run)
+
+
+def fedtrain_main(argv=None):
+    args = parse_args("plsc-fedtrain", "Federated training (FedFR): generic model + personalised clients.", argv)
+
+    def run():
+        from plsc.federated.config import load_fedfr_config
+        from plsc.federated.simulation import run_fedtrain
+
+        run_fedtrain(load_fedfr_config(args.config, args.override))
+
+    run_reporting_user_errors("plsc-fedtrain", run)
+
+
+def fedeval_main(argv=None):
+    args = parse_args("plsc-fedeval", "Evaluate a saved FedFR round (-o Global.checkpoint=.../round_NNN).", argv)
+
+    def run():
+        from plsc.federated.config import load_fedfr_config
+        from plsc.federated.evaluate import evaluate_round
+
+        evaluate_round(load_fedfr_config(args.config, args.override))
+
+    run_reporting_user_errors("plsc-fedeval", run)

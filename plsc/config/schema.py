@@ -6,17 +6,22 @@ unless a comment says otherwise. Registry names refer to `plsc.registry` (see `v
 from plsc.config.nodes import (REQUIRED, Entry, FreeMapping, ListOf, OneOrList, Range, Registered, Section,
                                Value)
 
+from plsc.federated.schema import FEDERATED  # a data table like this one (imports plsc.config.nodes only)
+
 POSITIVE = Range(1)
 NON_NEGATIVE = Range(0)
 OPTIONAL_STR = ("str", "none")
 SCALAR = ("bool", "int", "float", "str")
 
 GLOBAL = Section({
-    "task_type": Value("str", "recognition", choices=("recognition",)),
+    # What a step optimises (plsc/engine/tasks.py): PLSC's face recognition, or MAE pre-training.
+    "task_type": Value("str", "recognition", choices=("recognition", "mae_pretrain")),
     "train_epoch_func": Value("str", "default_train_one_epoch", choices=("default_train_one_epoch",)),
     "eval_func": Value("str", "face_verification_eval", choices=("face_verification_eval",)),
     "checkpoint": Value(OPTIONAL_STR, None),  # '<output_dir>/<model>/latest' to resume
     "pretrained_model": Value(OPTIONAL_STR, None),
+    # Ours: a config (e.g. MAE pre-training) that plsc-train runs first when pretrained_model is missing.
+    "pretrain_config": Value(OPTIONAL_STR, None),
     "finetune": Value("bool", False),  # PLSC: True means the pretrained weights are NOT loaded
     "output_dir": Value("str", "./output/"),
     # Ours: 'auto' picks the GPU when Paddle has one; PLSC's configs say 'gpu'.
@@ -85,7 +90,8 @@ PARTIAL_FC = HeadSection({
 
 # Backbone keys come from the registered constructor's signature; the head's from the head's (pfc_config).
 MODEL = Registered("MODELS", fixed={
-    "class_num": Value("int", REQUIRED, within=POSITIVE),
+    # Required by the recognition task (it says so); MAE pre-training has no class layer.
+    "class_num": Value(("int", "none"), None, within=POSITIVE),
     "pfc_config": PARTIAL_FC,
 }, required=True)
 
@@ -103,7 +109,14 @@ GRAD_CLIP = Section({
     "clip_norm_max": Value(("float", "none"), None),
 }, create=False)  # no grad_clip: no clipping
 
-OPTIMIZER = Registered("OPTIMIZERS", fixed={"grad_clip": GRAD_CLIP})
+OPTIMIZER = Registered("OPTIMIZERS", fixed={
+    "grad_clip": GRAD_CLIP,
+    # Ours, typed here (the constructors default them to None, which says nothing about the type).
+    # Layer-wise LR decay for ViT backbones (e.g. 0.75); absent or null: off.
+    "layer_decay": Value(("float", "none"), within=Range(0, 1, low_open=True)),
+    # No weight decay on 1-D parameters, biases and position embeddings; absent or null: on with layer_decay.
+    "no_weight_decay_1d": Value(("bool", "none")),
+})
 
 DATASET = Registered("DATASETS", fixed={
     "transform_ops": ListOf(Entry("TRANSFORMS")),
@@ -147,6 +160,17 @@ SYNTHETIC_DATA = Section({
     "formats": ListOf(Value("str", choices=("folder", "rec", "bin")), ["folder"]),
 }, create=False)
 
+# Global.task_type: mae_pretrain (plsc.models.mae.MAEPretrainModel's keys, FaceT's recipe as defaults).
+MAE = Section({
+    "mask_ratio": Value("float", 0.75, within=Range(0, 1, low_open=True)),
+    "decoder_dim": Value("int", 516, within=POSITIVE),
+    "decoder_depth": Value("int", 8, within=POSITIVE),
+    "decoder_heads": Value("int", 12, within=POSITIVE),
+    "decoder_mlp_ratio": Value("float", 3.0, within=Range(0, low_open=True)),
+    "norm_pix_loss": Value("bool", False),
+    "image_interval": Value("int", 0, within=NON_NEGATIVE),  # steps between reconstruction PNGs; 0: none
+}, create=False)
+
 SCHEMA = Section({
     "Global": GLOBAL,
     "FP16": FP16,
@@ -159,4 +183,7 @@ SCHEMA = Section({
     "Metric": METRIC,
     "Export": EXPORT,
     "SyntheticData": SYNTHETIC_DATA,
+    "MAE": MAE,
+    # FedFR (plsc-fedtrain); optional here, so plsc-train takes a FedFR config and trains its generic model.
+    "Federated": FEDERATED,
 }, required=True)
