@@ -93,8 +93,5 @@ def check_supported(config):
     from plsc.registry import TASKS
 
     TASKS.get(config.Global.get("task_type", "recognition"), where="Global.task_type").check_config(config)
-    if int(config.Global.get("accum_steps", 1)) != 1:
-        raise PlscError("Global.accum_steps > 1 is not supported (sampled class centres differ per "
-                        "micro-batch); raise the batch size or the number of ranks instead")
     if distributed.world_size() > 1 and not config.get("DistributedStrategy", {}).get("data_parallel", True):
         raise PlscError("DistributedStrategy.data_parallel must be True when running on several ranks")

@@ -60,9 +60,16 @@ class Trainer:
         distributed.broadcast_parameters([parameter for _, parameter in self.task.dense_parameters()])
 
         self.epochs = int(glob.epochs)
-        self.steps_per_epoch = len(self.train_loader)
+        # Global.accum_steps (PLSC's key): K loader batches (micro-batches) make one optimizer step;
+        # steps, the LR schedule and checkpoints count optimizer steps.
+        self.accum_steps = int(glob.get("accum_steps", 1))
+        self.steps_per_epoch = len(self.train_loader) // self.accum_steps
         if self.steps_per_epoch == 0:
-            raise PlscError("the training set is smaller than one global batch with drop_last: True")
+            raise PlscError(f"the training set is smaller than one global batch x Global.accum_steps "
+                            f"({self.accum_steps}) with drop_last: True")
+        if len(self.train_loader) % self.accum_steps:
+            self.logger.info(f"Global.accum_steps {self.accum_steps}: the last {len(self.train_loader) % self.accum_steps} "
+                             "batch(es) of each epoch do not fill an optimizer step and are skipped")
         self.total_steps = self.epochs * self.steps_per_epoch
         if glob.get("max_train_step"):
             self.total_steps = min(self.total_steps, int(glob.max_train_step))
@@ -79,11 +86,11 @@ class Trainer:
                                              self.logger)
         self.last_saved_step = None
         self.state = {"epoch": 0, "global_step": 0, "batches_done_in_epoch": 0, "best_metric": None,
-                      "global_batch_size": self.train_loader.batch_sampler.global_batch_size}
+                      "global_batch_size": self.samples_per_step}
         paddle.seed(self.seed + distributed.rank())  # dropout / drop-path differ per rank
         self.train_logger = TrainLogger(
             self.logger, glob.print_batch_step, self.total_steps,
-            self.train_loader.batch_sampler.global_batch_size,
+            self.samples_per_step,
             visualdl_dir=os.path.join(glob.output_dir, "vdl") if glob.get("use_visualdl") else None)
         self._restore(glob)
 
@@ -120,7 +127,7 @@ class Trainer:
         """Resuming with another global batch (e.g. on another number of ranks): keep the position in
         samples, so the epoch continues where it stopped and the LR schedule at the same progress."""
         saved = self.state.get("global_batch_size")
-        current = self.train_loader.batch_sampler.global_batch_size
+        current = self.samples_per_step
         self.state["global_batch_size"] = current
         if saved is None or saved == current:
             return
@@ -131,20 +138,34 @@ class Trainer:
                          f"of epoch {self.state['epoch'] + 1} (global step {self.state['global_step']})")
 
     # ---- one step -----------------------------------------------------------------------------
-    def train_step(self, *batch):
-        """Forward, backward and update on one batch [images, labels, is_masked]; returns (total, {name: loss}).
+    @property
+    def samples_per_step(self):
+        """Images in one optimizer step over all ranks: the global batch x accum_steps."""
+        return self.train_loader.batch_sampler.global_batch_size * self.accum_steps
 
-        Without loss scaling (FP16 O0) a non-finite loss or gradient raises NonFiniteError before
-        the optimizer runs, so the weights stay those of the previous step; with it, the scaler
-        skips the step.
+    def train_step(self, *micro_batches):
+        """One optimizer step over `accum_steps` batches [images, labels, is_masked]; returns their mean
+        (total, {name: loss}).
+
+        Each micro-batch's loss is divided by their count before its backward, so the summed
+        gradients are those of the mean over all their samples (for batch-independent layers, one
+        batch of them all). Without loss scaling (FP16 O0) a non-finite loss or gradient raises
+        NonFiniteError before the optimizer runs, so the weights stay those of the previous step;
+        with it, the scaler skips the whole step.
         """
-        total, parts = self.task.step(batch, self.amp)
-        if not self.amp.scaler.enable and not math.isfinite(float(total)):
-            raise NonFiniteError(f"loss is {float(total)}")
-        self.amp.scaler.scale(total).backward()
+        totals, named = [], {}
+        for batch in micro_batches:
+            total, parts = self.task.step(batch, self.amp)
+            if not self.amp.scaler.enable and not math.isfinite(float(total)):
+                raise NonFiniteError(f"loss is {float(total)}")
+            self.amp.scaler.scale(total / len(micro_batches)).backward()
+            self.optimizer.accumulate_sparse()
+            totals.append(float(total))
+            for name, value in parts.items():
+                named.setdefault(name, []).append(float(value))
         self.amp.scaler.step(self.optimizer)
         self.optimizer.clear_grad()
-        return total, parts
+        return sum(totals) / len(totals), {name: sum(values) / len(values) for name, values in named.items()}
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self):
@@ -201,16 +222,17 @@ class Trainer:
         while self.state["epoch"] < self.epochs and self.state["global_step"] < self.total_steps:
             epoch = self.state["epoch"]
             skip = self.state["batches_done_in_epoch"]
-            sampler.set_epoch(epoch, skip_batches=skip)
+            sampler.set_epoch(epoch, skip_batches=skip * self.accum_steps)
             dataset.set_epoch(epoch)
             if getattr(dataset, "masked_ratio", 0):
                 self.logger.info(f"epoch {epoch + 1} masked faces: {dataset.masked_counts()}")
             timer = Timer()
-            for step_in_epoch, batch in enumerate(self._agreed(self.train_loader), start=skip + 1):
+            steps = micro_batch_groups(self._agreed(self.train_loader), self.accum_steps)
+            for step_in_epoch, micro_batches in enumerate(steps, start=skip + 1):
                 reader_cost = timer.lap()
                 lr = self.schedule.lr_at(self.state["global_step"])
                 self.optimizer.set_lr(lr)
-                total, parts = self.train_step(*batch)
+                total, parts = self.train_step(*micro_batches)
                 self.state["global_step"] += 1
                 self.state["batches_done_in_epoch"] = step_in_epoch
                 losses = {name: float(value) for name, value in parts.items()}
@@ -283,6 +305,16 @@ class Trainer:
             self.state["best_metric"] = primary["metric"]
             self.save("best_model")
         return results
+
+
+def micro_batch_groups(batches, size):
+    """Consecutive groups of `size` batches; an incomplete last group is dropped."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
 
 
 class _DataStop(PlscError):

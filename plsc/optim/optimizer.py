@@ -185,6 +185,15 @@ def rename_state(state, renames):
     return result
 
 
+def merge_row_gradients(pending):
+    """[(rows [S_k] int64 sorted unique, grad [S_k, D], leaf)] -> (union rows [U], summed grad [U, D], None)."""
+    union = paddle.unique(paddle.concat([rows for rows, _, _ in pending]))  # sorted
+    merged = paddle.zeros([union.shape[0], pending[0][1].shape[1]], dtype=pending[0][1].dtype)
+    for rows, grad, _ in pending:
+        merged = paddle.index_add(merged, paddle.searchsorted(union, rows), 0, grad)
+    return union, merged, None
+
+
 class FaceOptimizer:
     """Dense (data-parallel) plus row-sparse (model-parallel) optimizer behind one step()."""
 
@@ -199,6 +208,10 @@ class FaceOptimizer:
         self.dense = rule.build_dense(self.groups, self.lr) if self.groups else None
         # head key -> {state name: tensor whose first axis runs over the shard's rows}; made lazily.
         self.sparse_state = {}
+        # head key -> [(rows, their gradients, leaf)] of the micro-batches since the last step
+        # (Global.accum_steps), and their merge, made once per step.
+        self._pending = {}
+        self._merged = None
 
     # ---- learning rate ----------------------------------------------------------------------
     def set_lr(self, lr):
@@ -228,14 +241,39 @@ class FaceOptimizer:
         """[(names, grad)] of the dense parameters that received a gradient."""
         return [(names, parameter.grad) for names, parameter in self.dense_named if parameter.grad is not None]
 
-    def sparse_gradients(self):
-        """[(names, grad rows [S, D], head)] of the heads that were used since the last clear_grad."""
-        found = []
-        for head in self.heads.values():
+    def accumulate_sparse(self):
+        """After a micro-batch's backward: keep the rows each table used and their gradients.
+
+        With Global.accum_steps = K the trainer calls this after each of the K backwards and steps
+        once: the union of the rows moves, each by the sum of its gradients (Partial FC samples
+        afresh per micro-batch, and only the last sample stays on the head).
+        """
+        for key, head in self.heads.items():
             rows = head.sampled_weight
             if rows is not None and rows.grad is not None:
-                found.append(((head.weight.name,), rows.grad, head))
-        return found
+                self._pending.setdefault(key, []).append((head.sampled_index, rows.grad, rows))
+        self._merged = None
+
+    def _sparse_rows(self):
+        """{head key: (rows [S] int64, grad [S, D], leaf holding W_rows or None)} for the next step."""
+        if self._merged is None:
+            self._merged = {}
+            for key, head in self.heads.items():
+                pending = self._pending.get(key)
+                if not pending:  # a step without accumulate_sparse(): the head's last backward
+                    rows = head.sampled_weight
+                    pending = [(head.sampled_index, rows.grad, rows)] if rows is not None and rows.grad is not None \
+                        else []
+                if len(pending) == 1:
+                    self._merged[key] = pending[0]
+                elif pending:
+                    self._merged[key] = merge_row_gradients(pending)
+        return self._merged
+
+    def sparse_gradients(self):
+        """[(names, grad rows [S, D], head)] of the heads that were used since the last clear_grad."""
+        return [((self.heads[key].weight.name,), grad, self.heads[key])
+                for key, (_, grad, _) in self._sparse_rows().items()]
 
     def named_gradients(self):
         """[(name, grad)] of every gradient the next step() uses (for the loss scaler)."""
@@ -248,6 +286,7 @@ class FaceOptimizer:
         for head in self.heads.values():
             if head.sampled_weight is not None:
                 head.sampled_weight.clear_gradient(False)  # None, not zeros: "no rows to update"
+        self._pending, self._merged = {}, None
 
     # ---- the step ---------------------------------------------------------------------------
     @paddle.no_grad()
@@ -272,13 +311,11 @@ class FaceOptimizer:
             # optimizer, so a state saved by one optimizer loads into another over the same model.
             with unique_name.guard():
                 self.dense.step()
-        for key, head in self.heads.items():
-            if head.sampled_weight is None or head.sampled_weight.grad is None:
-                continue
+        for key, (index, grad, weight_rows) in self._sparse_rows().items():
+            head = self.heads[key]
             weight_decay = self.rule.weight_decay if self.rule.decays((head.weight.name,)) else 0.0
-            self.rule.update_sparse(head.weight, self._sparse_state(key, head.weight), head.sampled_index,
-                                    head.sampled_weight.grad, self.lr, weight_decay,
-                                    weight_rows=head.sampled_weight)
+            self.rule.update_sparse(head.weight, self._sparse_state(key, head.weight), index, grad, self.lr,
+                                    weight_decay, weight_rows=weight_rows)
 
     def _sparse_state(self, key, weight):
         if key not in self.sparse_state:

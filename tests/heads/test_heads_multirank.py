@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _worker_heads import ROWS_PER_RANK, SETTINGS, STEPS, run_setting
-from conftest import launch
+from tests.conftest import launch
 
 WORLD = 2
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]

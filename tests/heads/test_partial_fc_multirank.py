@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 from _worker_partial_fc import DIM, MARGINS, NUM_CLASSES, ROWS_PER_RANK, SEED, SETTINGS, global_batch
-from conftest import launch
+from tests.conftest import launch
 from pfc_reference import dense_margin_softmax
 
 from plsc.heads.class_table import shard_range

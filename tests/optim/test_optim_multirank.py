@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _worker_optim import CLIP_NORM, CLIP_SETTINGS, INIT_SCALE, SAMPLED, clip_gradients, initial_values
-from conftest import launch
+from tests.conftest import launch
 from optim_reference import global_norm
 
 WORLD = 2
