@@ -29,6 +29,8 @@ setup(
         # Flower deployment of plsc-fedtrain's server and clients (ServerApp / ClientApp).
         "federated": ["flwr>=1.42"],
         "test": ["pytest", "flwr>=1.42"],
+        # plsc-import of arcface_torch .pth state dicts (its ONNX exports need no torch).
+        "torch": ["torch"],
     },
     entry_points={
         "console_scripts": [
@@ -37,6 +39,7 @@ setup(
             "plsc-export=plsc.cli:export_main",
             "plsc-fedtrain=plsc.cli:fedtrain_main",
             "plsc-fedeval=plsc.cli:fedeval_main",
+            "plsc-import=plsc.cli:import_main",
         ]
     },
 )

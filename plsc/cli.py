@@ -1,4 +1,5 @@
-"""Console entry points `plsc-train`, `plsc-eval` and `plsc-export` (PLSC's flags: -c CONFIG, -o Key.sub=value)."""
+"""Console entry points: `plsc-train`, `plsc-eval`, `plsc-export` (PLSC's flags: -c CONFIG, -o Key.sub=value)
+and `plsc-import`."""
 import argparse
 import os
 import sys
@@ -12,8 +13,14 @@ def parse_args(prog, description, argv):
     parser.add_argument("-o", "--override", action="append", default=[],
                         help="override a config key, e.g. -o Global.epochs=2 (repeatable)")
     parser.add_argument("-p", "--profiler_options", default=None,
-                        help="accepted for PLSC compatibility; Paddle's profiler is not wired in")
-    return parser.parse_args(argv)
+                        help="accepted for PLSC compatibility and ignored (a warning says so)")
+    args = parser.parse_args(argv)
+    if args.profiler_options is not None:
+        from plsc.config.notices import warn_once
+
+        warn_once("-p/--profiler_options is accepted for PLSC compatibility and ignored "
+                  "(Paddle's profiler is not wired in)")
+    return args
 
 
 def run_reporting_user_errors(prog, function):
@@ -115,3 +122,21 @@ def fedeval_main(argv=None):
         evaluate_round(load_fedfr_config(args.config, args.override))
 
     run_reporting_user_errors("plsc-fedeval", run)
+
+
+def import_main(argv=None):
+    parser = argparse.ArgumentParser(prog="plsc-import", description=(
+        "Convert an insightface / arcface_torch backbone (ONNX export or .pth state dict) into a plsc "
+        "weights file for Global.pretrained_model, checking its embeddings against the source."))
+    parser.add_argument("--arch", required=True,
+                        help="arcface_torch network name: r18, r34, r50, r100, r200, mbf or mbf_large")
+    parser.add_argument("--source", required=True, help="the model: .onnx (unfolded export) or .pth")
+    parser.add_argument("--out", required=True, help="plsc weights file to write (.pdparams)")
+    args = parser.parse_args(argv)
+
+    def run():
+        from plsc.importer import import_backbone
+
+        import_backbone(args.source, args.arch, args.out)
+
+    run_reporting_user_errors("plsc-import", run)

@@ -1,8 +1,8 @@
 """CPU thread settings that must be in the environment before Paddle is imported.
 
 Paddle computes on one thread unless OMP_NUM_THREADS says otherwise, and MKL takes a slow code
-path on AMD CPUs unless MKL_DEBUG_CPU_TYPE=5 is set (measured in shared/PLATFORM.md: sgemm
-37 -> 187 GFLOP/s on 2 cores). We only fill in what the user (or paddle.distributed.launch)
+path on AMD CPUs unless MKL_DEBUG_CPU_TYPE=5 is set (measured on a 2-core AMD machine: sgemm
+37 -> 187 GFLOP/s). We only fill in what the user (or paddle.distributed.launch)
 has not set, so an explicit setting always wins.
 """
 import os

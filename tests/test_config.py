@@ -261,7 +261,7 @@ def test_plsc_config_loads_with_stand_in_registries(path, fakes):
 
 
 def test_plsc_ci_overrides_apply(fakes):
-    # tests/CI/recognition/face: the pfc01 dp8 variant of config A (PLSC_FACTS 1.3).
+    # tests/CI/recognition/face: the pfc01 dp8 variant of config A (pfc 0.1, pure data-parallel FC).
     overrides = ["Global.print_batch_step=1", "Global.max_train_step=200",
                  "Global.flags.FLAGS_cudnn_exhaustive_search=0", "Global.flags.FLAGS_cudnn_deterministic=1",
                  "Model.pfc_config.sample_ratio=0.1", "Model.pfc_config.model_parallel=False",
@@ -436,7 +436,7 @@ def test_validate_without_source_gives_the_bare_message(fakes):
 def test_defaults_are_filled_from_plsc(tmp_path, fakes):
     path, load = load_with(tmp_path, fakes)
     config = load()
-    # PLSC_FACTS section 3 defaults.
+    # PLSC's engine defaults.
     assert config.Global.print_batch_step == 10
     assert config.Global.save_interval == 1
     assert config.Global.accum_steps == 1

@@ -16,7 +16,7 @@ from plsc.config import load_config, normalise_yaml_quirks, read_yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
 
-# ---- PLSC's configs, written out from PLSC_FACTS section 1 (common keys + per-config differences) ----
+# ---- PLSC's configs, written out key by key (common keys + per-config differences) ----
 
 TRANSFORMS_TRAIN = [
     {"DecodeImage": {"to_rgb": True, "channel_first": False}},
@@ -167,7 +167,7 @@ def tiny_data(tmp_path_factory):
 
 
 def plsc_poly_lr(step, lr, epochs, steps_per_epoch, warmup_steps=0, warmup_epochs=0, warmup_end_lr=0.0):
-    """PLSC's Poly (power 2) with linear warmup from 0, per step (PLSC_FACTS section 3)."""
+    """PLSC's Poly (power 2) with linear warmup from 0, per step: T - W decay steps after W warmup steps."""
     total = epochs * steps_per_epoch
     warmup = warmup_steps or warmup_epochs * steps_per_epoch
     if step < warmup:

@@ -25,7 +25,7 @@ from plsc.data import build_dataset, build_loader  # noqa: E402
 from plsc.data.synthetic import ensure_quickstart_data  # noqa: E402
 from plsc.data.transforms import build_transforms  # noqa: E402
 
-# PLSC's face-config training ops (PLSC_FACTS.md 1.1).
+# PLSC's face-config training ops, as every one of its face configs lists them.
 PLSC_TRAIN_OPS = [
     {"DecodeImage": {"to_rgb": True, "channel_first": False}},
     {"RandFlipImage": {"flip_code": 1}},

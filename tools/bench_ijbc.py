@@ -94,7 +94,7 @@ def main(argv=None):
 
         gallery_subjects = np.array([data["subject_of"][t] for t in data["gallery"].tolist()])
         probe_subjects = np.array([data["subject_of"][t] for t in data["probes"].tolist()])
-        return ijb.identification(rows(data["gallery"]), gallery_subjects, rows(data["probes"]), probe_subjects)
+        return ijb.open_set_identification(rows(data["gallery"]), gallery_subjects, rows(data["probes"]), probe_subjects)
 
     phase("1:N search (all gallery)", search)
 

@@ -1,7 +1,8 @@
 """The config key tree: PLSC's face-config keys with their types and defaults, as one data table.
 
-Adding a key or a section means adding a line here. Defaults follow PLSC (PLSC_FACTS.md section 3)
-unless a comment says otherwise. Registry names refer to `plsc.registry` (see `validate.py`).
+Adding a key or a section means adding a line here. Defaults follow PLSC's own (its engine's
+`.get(key, default)` values) unless a comment says otherwise. Registry names refer to
+`plsc.registry` (see `validate.py`).
 """
 from plsc.config.nodes import (REQUIRED, Entry, FreeMapping, ListOf, OneOrList, Range, Registered, Section,
                                Value)
@@ -156,8 +157,9 @@ SYNTHETIC_DATA = Section({
     "num_pairs": Value("int", 200, within=POSITIVE),
     "seed": Value("int", 0),
     "num_workers": Value("int", 0, within=NON_NEGATIVE),
-    # folder: train/ + verification/; rec: train_rec/train.rec; bin: bin/{lfw,cfp_fp,agedb_30}.bin
-    "formats": ListOf(Value("str", choices=("folder", "rec", "bin")), ["folder"]),
+    # folder: train/ + verification/; rec: train_rec/train.rec; bin: bin/{lfw,cfp_fp,agedb_30}.bin;
+    # fairness: fairness/pairs/<group>.bin + fairness/folder/ (label.txt, groups.txt)
+    "formats": ListOf(Value("str", choices=("folder", "rec", "bin", "fairness")), ["folder"]),
 }, create=False)
 
 # Global.task_type: mae_pretrain (plsc.models.mae.MAEPretrainModel's keys, FaceT's recipe as defaults).

@@ -356,32 +356,48 @@ def read_property(directory):
     return num_classes, (height, width)
 
 
+# Smallest record a `.rec` can hold: the frame header and an IRHeader. Any count of records a
+# header claims is checked against file_size // this before arrays of that size are made.
+MIN_RECORD_BYTES = FRAME_HEADER.size + IRHEADER.size
+
+
 class FaceRecordIndex:
     """Image keys, labels and identity ranges of a face release (MS1M / Glint360K / WebFace layout).
 
-    Record 0 with flag > 0 and labels [a, b] marks the layout: images are keys 1 .. a-1 and keys
-    a .. b-1 are identity records whose labels are that identity's [start, end) image key range.
-    Without it every `.idx` key is an image.
+    The face releases' record 0 is a layout header: flag > 0, labels [a, b] and no image bytes. Images
+    are then keys 1 .. a-1 and keys a .. b-1 are identity records whose labels are that identity's
+    [start, end) image key range. Any other `.rec` (MXNet's im2rec output, with scalar labels or with
+    `--pack-label` arrays, whose record 0 is an image) lists its images by the `.idx` keys.
     """
 
     def __init__(self, reader):
         self.reader = reader
         self.identity_keys = np.zeros(0, dtype=np.int64)
-        header = reader.read_unpacked(0)[0] if 0 in reader else None
-        if header is not None and header.flag > 0:
-            where = f"{reader.rec_path} key 0"
-            if header.flag < 2:
-                raise PlscError(f"{where}: layout header needs labels [a, b], has {header.flag} label(s)")
-            first_identity, identity_end = int(header.labels[0]), int(header.labels[1])
-            if not 1 <= first_identity <= identity_end:
-                raise PlscError(f"{where}: layout header labels [{first_identity}, {identity_end}] "
-                                f"are not 1 <= a <= b")
-            self.image_keys = np.arange(1, first_identity, dtype=np.int64)
-            self.identity_keys = np.arange(first_identity, identity_end, dtype=np.int64)
+        header, payload = reader.read_unpacked(0) if 0 in reader else (None, b"")
+        if header is not None and header.flag > 0 and len(payload) == 0:
+            self.image_keys, self.identity_keys = self._layout_keys(header)
         else:
             self.image_keys = np.asarray(reader.keys, dtype=np.int64)
         self.property = read_property(os.path.dirname(os.path.abspath(reader.rec_path)))
         self._num_classes = None
+
+    def _layout_keys(self, header):
+        """(image keys [a-1], identity keys [b-a]) of the layout header, sized against the file first."""
+        where = f"{self.reader.rec_path} key 0"
+        if header.flag < 2:
+            raise PlscError(f"{where}: layout header needs labels [a, b], has {header.flag} label(s)")
+        first_identity, identity_end = float(header.labels[0]), float(header.labels[1])
+        if not (first_identity.is_integer() and identity_end.is_integer()
+                and 1 <= first_identity <= identity_end):
+            raise PlscError(f"{where}: layout header labels [{header.labels[0]:g}, {header.labels[1]:g}] "
+                            f"are not whole numbers with 1 <= a <= b")
+        first_identity, identity_end = int(first_identity), int(identity_end)
+        most_records = self.reader.file_size // MIN_RECORD_BYTES
+        if identity_end - 1 > most_records:
+            raise PlscError(f"{where}: layout header claims {identity_end - 1} image and identity records; "
+                            f"{self.reader.rec_path} ({self.reader.file_size} bytes) holds at most {most_records}")
+        return (np.arange(1, first_identity, dtype=np.int64),
+                np.arange(first_identity, identity_end, dtype=np.int64))
 
     @property
     def has_identity_records(self):
@@ -400,7 +416,7 @@ class FaceRecordIndex:
         """[start, end) image keys of identity `identity_index` (0-based over `identity_keys`)."""
         key = int(self.identity_keys[identity_index])
         header, _ = self.reader.read_unpacked(key)
-        if header.flag < 2:
+        if header.flag < 2 or not np.all(np.isfinite(header.labels[:2])):
             raise PlscError(f"{self.reader.rec_path} key {key}: identity record needs labels [start, end)")
         return int(header.labels[0]), int(header.labels[1])
 

@@ -4,6 +4,7 @@ import os
 import paddle
 
 from plsc import distributed
+from plsc.config.notices import warn_once
 from plsc.data import build_dataset, build_loader
 from plsc.errors import PlscError
 from plsc.loss.combined import CombinedLoss  # noqa: F401  (the trainer imports it from here)
@@ -54,12 +55,48 @@ def build_lr_schedule(section, epochs, steps_per_epoch):
                                steps_per_epoch=steps_per_epoch, **kwargs)
 
 
+def train_sampler_section(sampler):
+    """`DataLoader.Train.sampler` with PLSC's `BatchSampler` read as the sampler it amounts to.
+
+    PLSC's configs name `BatchSampler` only for evaluation; for training on one process it shuffles
+    and batches like `DistributedBatchSampler`, which it becomes here. On several ranks it would give
+    every rank the whole data set, so it is refused there.
+    """
+    sampler = dict(sampler)
+    if sampler.get("name") != "BatchSampler":
+        return sampler
+    if distributed.world_size() > 1:
+        raise PlscError("DataLoader.Train.sampler.name: BatchSampler would give every rank the whole data set; "
+                        "use DistributedBatchSampler")
+    warn_once("DataLoader.Train.sampler.name: BatchSampler on one process is trained as DistributedBatchSampler "
+              "(the same batches)")
+    sampler["name"] = "DistributedBatchSampler"
+    return sampler
+
+
+def check_class_num(dataset, class_num, where="Model.class_num"):
+    """Warn when class_num exceeds what the labels need and no `property` file vouches for it.
+
+    Extra classes are legal (PLSC trains them as never-positive centres) but usually a wrong number:
+    a `property` file is checked exactly by the dataset; without one this is the only hint.
+    """
+    labels = getattr(dataset, "labels", None)
+    records = getattr(dataset, "records", None)
+    if labels is None or len(labels) == 0 or getattr(records, "property", None) is not None:
+        return
+    needed = int(max(labels)) + 1
+    if class_num > needed:
+        warn_once(f"{where} is {class_num} but the training labels need only {needed} (largest label "
+                  f"{needed - 1}); the other {class_num - needed} class centres are never a target")
+
+
 def build_train_loader(config, seed):
     section = config.DataLoader.Train
     dataset = build_dataset(section.dataset, "DataLoader.Train.dataset", seed=seed)
     if config.Model.get("class_num") is not None:  # tasks without a class layer (MAE) ignore labels
         dataset.check_labels(config.Model.class_num)
-    return build_loader(dataset, section.sampler, section.get("loader"), seed=seed)
+        check_class_num(dataset, config.Model.class_num)
+    return build_loader(dataset, train_sampler_section(section.sampler), section.get("loader"), seed=seed)
 
 
 def build_evaluator(config):
@@ -95,3 +132,52 @@ def check_supported(config):
     TASKS.get(config.Global.get("task_type", "recognition"), where="Global.task_type").check_config(config)
     if distributed.world_size() > 1 and not config.get("DistributedStrategy", {}).get("data_parallel", True):
         raise PlscError("DistributedStrategy.data_parallel must be True when running on several ranks")
+    warn_ignored_keys(config)
+    apply_paddle_flags(config.Global.get("flags") or {})
+
+
+# Keys PLSC's configs carry that plsc accepts and does not act on: key -> (value that asks for
+# something, why it is ignored).
+IGNORED_KEYS = {
+    "Global.use_dali": (True, "plsc has no DALI reader; images are read by the configured dataset"),
+}
+
+
+def warn_ignored_keys(config):
+    """One warning per accepted-but-ignored key that asks for something."""
+    for key, (asking, reason) in IGNORED_KEYS.items():
+        section, name = key.split(".")
+        if (config.get(section) or {}).get(name) == asking:
+            warn_once(f"{key}: {asking} is accepted and ignored ({reason})")
+
+
+def _flag_value(name, value, current):
+    """`value` in the type of the flag's current value (Paddle refuses e.g. 1 for a bool flag)."""
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true")
+        return bool(value)
+    try:
+        return type(current)(value)
+    except (TypeError, ValueError):
+        raise PlscError(f"Global.flags.{name}: {value!r} is not a {type(current).__name__}") from None
+
+
+def apply_paddle_flags(flags):
+    """Set `Global.flags` ({FLAGS_name: value}) with paddle.set_flags before any work; returns those set.
+
+    A flag this Paddle build does not know is skipped with a warning when Paddle has no CUDA (PLSC's
+    flags are cuDNN ones, absent from CPU builds), and an error naming it otherwise (a misspelling).
+    """
+    applied = {}
+    for name, value in flags.items():
+        try:
+            current = paddle.get_flags([name])[name]
+        except ValueError:
+            if paddle.device.is_compiled_with_cuda():
+                raise PlscError(f"Global.flags.{name}: not a flag of this Paddle build") from None
+            warn_once(f"Global.flags.{name}: not in this CPU build of Paddle (a GPU-only flag?); skipped")
+            continue
+        applied[name] = _flag_value(name, value, current)
+        paddle.set_flags({name: applied[name]})
+    return applied

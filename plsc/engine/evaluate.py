@@ -11,7 +11,7 @@ import numpy as np
 from plsc import distributed
 from plsc.checkpoint import load_backbone_state, load_weights
 from plsc.engine.build import build_backbone, build_evaluator, select_device
-from plsc.engine.evaluator import format_figures
+from plsc.engine.evaluator import format_figures, takes_image_embeddings
 from plsc.errors import PlscError
 
 
@@ -72,9 +72,10 @@ class PairRecordingMetric:
         self.metric, self.calls = metric, calls
         self.flip_test = getattr(metric, "flip_test", False)
 
-    def __call__(self, embeddings, issame):
+    def __call__(self, embeddings, issame, image_embeddings=None):
         self.calls.append((embeddings, issame))
-        return self.metric(embeddings, issame)
+        extra = {"image_embeddings": image_embeddings} if takes_image_embeddings(self.metric) else {}
+        return self.metric(embeddings, issame, **extra)
 
 
 def pair_cosine_scores(embeddings):

@@ -5,6 +5,7 @@ A backbone that declares `side_inputs = ("is_masked",)` (a class attribute) is c
 images alone. Each set's results name its kind (holistic / masked / per_image); a per_image set also
 scores the pairs with a masked face and those without, so both figures sit on one line.
 """
+import inspect
 import logging
 
 import numpy as np
@@ -24,11 +25,17 @@ def takes_masked_flag(backbone):
     return "is_masked" in getattr(layer, "side_inputs", ())
 
 
-def embed_dataset(backbone, loader, flip_test):
+def takes_image_embeddings(metric):
+    """True for pair metrics that report insightface's xnorm from the single-image embeddings."""
+    return "image_embeddings" in inspect.signature(metric.__call__).parameters
+
+
+def embed_dataset(backbone, loader, flip_test, singles=None):
     """Embeddings [N, D] of a loader's images in order; with flip_test, emb(x) + emb(mirror(x)).
 
     Batches are [images, labels, is_masked] (or [images, labels]); the flag goes to backbones that take
-    it, the same flag for an image and its mirror.
+    it, the same flag for an image and its mirror. `singles`, a list, receives every single-image
+    embedding (image and mirror) for insightface's xnorm, the mean norm of those.
     """
     with_flag = takes_masked_flag(backbone)
     backbone.eval()
@@ -37,10 +44,15 @@ def embed_dataset(backbone, loader, flip_test):
         for batch in loader:
             images = batch[0]
             side = {"is_masked": batch[2]} if with_flag and len(batch) > 2 else {}
-            embeddings = backbone(images, **side)
+            embeddings = backbone(images, **side).astype("float32")
+            if singles is not None:
+                singles.append(embeddings.numpy())
             if flip_test:
-                embeddings = embeddings + backbone(paddle.flip(images, axis=[3]), **side)
-            chunks.append(embeddings.astype("float32").numpy())
+                mirrored = backbone(paddle.flip(images, axis=[3]), **side).astype("float32")
+                if singles is not None:
+                    singles.append(mirrored.numpy())
+                embeddings = embeddings + mirrored
+            chunks.append(embeddings.numpy())
     backbone.train()
     return np.concatenate(chunks, axis=0)
 
@@ -104,13 +116,17 @@ class VerificationEvaluator:
         if distributed.is_main_process():
             results = {}
             for dataset, loader in zip(self.datasets, self.loaders):
-                embeddings = {}
+                embeddings, singles = {}, {}
                 kind = getattr(dataset, "masked_kind", "holistic")
                 for metric in self.metrics:
                     flip = getattr(metric, "flip_test", False)
                     if flip not in embeddings:
-                        embeddings[flip] = embed_dataset(backbone, loader, flip)
-                    figures = {"kind": kind, **metric(embeddings[flip], dataset.issame)}
+                        singles[flip] = []
+                        embeddings[flip] = embed_dataset(backbone, loader, flip, singles[flip])
+                    # Metrics that report xnorm take the single-image embeddings (insightface's figure).
+                    extra = ({"image_embeddings": np.concatenate(singles[flip])} if takes_image_embeddings(metric)
+                             else {})
+                    figures = {"kind": kind, **metric(embeddings[flip], dataset.issame, **extra)}
                     if kind == "per_image":
                         pair_has_mask = (dataset.image_masked[0::2] + dataset.image_masked[1::2]) > 0
                         figures.update(pair_subset_figures(metric, embeddings[flip], dataset.issame, pair_has_mask))

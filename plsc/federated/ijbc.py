@@ -47,5 +47,5 @@ def ijb_figures(backbone, root, target, size, batch_size=64):
     figures = {"tar": {rate_name(far): value for far, value in tar.items()}}
     if protocol.one_to_n:
         identification = ijb.one_to_n(template_ids, template_features, protocol.one_to_n, ranks=(1,), fpirs=FPIRS)
-        figures["tpir"] = {rate_name(fpir): value for fpir, value in identification["mean"]["tpir"].items()}
+        figures["tpir"] = {rate_name(fpir): value for fpir, value in identification["tpir"].items()}
     return figures

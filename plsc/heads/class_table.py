@@ -72,10 +72,13 @@ class ClassTable(nn.Layer):
     """[C_local, width] float32 rows of this rank's classes with sparse-update bookkeeping.
 
     init_seed: None for zeros (CenterLoss), else rows drawn from N(0, INIT_STD) by `class_center_blocks`.
+    weight_decay: False exempts the rows from the optimizer's weight decay (CenterLoss: a centre is
+    its class mean, which decay would pull towards 0).
     """
 
-    def __init__(self, name, num_classes, width, model_parallel, init_seed=None):
+    def __init__(self, name, num_classes, width, model_parallel, init_seed=None, weight_decay=True):
         super().__init__()
+        self.weight_decay = bool(weight_decay)
         world, rank = distributed.world_size(), distributed.rank()
         if num_classes < 1 or width < 1:
             raise PlscError(f"Model.class_num ({num_classes}) and the table width ({width}) must be >= 1")

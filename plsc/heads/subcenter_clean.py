@@ -4,19 +4,15 @@ After training with K sub-centres, each class's clean faces sit around one *domi
 (the one most of its images are closest to); the paper then drops the non-dominant sub-centres
 and the images far from the dominant one: an image is noisy when its angle to its class's
 dominant sub-centre exceeds a threshold (75 degrees in the paper's MS1MV0 experiments).
-The maths is plain numpy (it runs once, offline); tools/subcenter_clean.py is the command.
+The maths and the report are plain numpy (they run once, offline); tools/subcenter_clean.py is the
+command, which embeds the training set with the engine's backbone and calls these.
 """
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from plsc.checkpoint import load_backbone_state, load_weights, read_global_table
-from plsc.data import build_dataset, build_loader
-from plsc.engine.build import build_backbone
-from plsc.engine.evaluator import embed_dataset
 from plsc.errors import PlscError
-from plsc.registry import HEADS
 
 DEFAULT_THRESHOLD_DEGREES = 75.0
 
@@ -80,25 +76,6 @@ def clean_with_subcenters(subcenters, embeddings, labels, threshold_degrees=DEFA
                           nearest=nearest, angle_to_dominant=angle, noisy=angle > threshold_degrees)
 
 
-# ---- from a training checkpoint and its dataset (tools/subcenter_clean.py) ----------------------
-def deterministic_dataset_section(section):
-    """A dataset config without its random augmentations (PLSC names them Rand*: RandFlipImage, ...)."""
-    section = dict(section)
-    section["transform_ops"] = [op for op in section.get("transform_ops") or []
-                                if not next(iter(op)).startswith("Rand")]
-    return section
-
-
-def embed_training_set(config, checkpoint, batch_size=128):
-    """(dataset, embeddings [N, D]) of `DataLoader.Train.dataset` under the checkpoint's backbone."""
-    state, path = load_weights(checkpoint)
-    backbone = build_backbone(config.Model)
-    load_backbone_state(backbone, state, path)
-    dataset = build_dataset(deterministic_dataset_section(config.DataLoader.Train.dataset), "DataLoader.Train.dataset")
-    loader = build_loader(dataset, {"name": "BatchSampler", "batch_size": batch_size}, {"num_workers": 0})
-    return dataset, embed_dataset(backbone, loader, flip_test=False)
-
-
 def write_cleaning_report(result, dataset, out_dir, threshold_degrees):
     """noisy.txt (one line per noisy image), clean_label.txt (kept images, PLSC's label format, when the
     dataset is an image list) and dominant_centers.npy [C, D]; returns the paths written."""
@@ -119,20 +96,3 @@ def write_cleaning_report(result, dataset, out_dir, threshold_degrees):
             for index in np.flatnonzero(~result.noisy):
                 handle.write(f"{dataset.paths[index]}\t{int(dataset.labels[index])}\n")
     return written
-
-
-def clean_from_checkpoint(config, checkpoint, out_dir, threshold_degrees=DEFAULT_THRESHOLD_DEGREES, batch_size=128):
-    """Embed the training set, find each class's dominant sub-centre and the noisy images, write the report.
-
-    Returns (CleaningResult, {what: path}).
-    """
-    pfc = config.Model.get("pfc_config") or {}
-    head = pfc.get("name") or "PartialFC"
-    num_subcenters = int(pfc.get("num_subcenters", HEADS.parameters(head).get("num_subcenters", 1)))
-    if num_subcenters < 2:
-        raise PlscError("Model.pfc_config.num_subcenters is below 2: the checkpoint has no sub-centres to clean "
-                        "with (train with pfc_config.name: SubCenterPartialFC)")
-    subcenters = split_subcenters(read_global_table(checkpoint), num_subcenters)
-    dataset, embeddings = embed_training_set(config, checkpoint, batch_size)
-    result = clean_with_subcenters(subcenters, embeddings, dataset.labels, threshold_degrees)
-    return result, write_cleaning_report(result, dataset, out_dir, threshold_degrees)

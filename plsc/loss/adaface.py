@@ -9,7 +9,8 @@ and the target logit
 Low-quality images (z_hat -> -1) get an ArcFace-like angular margin m, high-quality ones
 (z_hat -> 1) a CosFace-like additive 2m with a negative angular shift. Non-target logits are s * cos.
 The statistics are of the global batch: every rank sees all norms, so all ranks agree. They are
-updated with the current batch before use, as in the paper's implementation.
+updated with the current batch before use, as in the paper's implementation; a batch with a
+non-finite norm (an fp16 overflow) leaves both as they were, since one NaN would stay in them for good.
 """
 import math
 
@@ -75,6 +76,9 @@ class AdaFace(nn.Layer):
         norms = paddle.clip(embedding_norms_global.detach().astype("float32"), *NORM_CLIP)
         if self.training:
             batch_mean, batch_std = batch_norm_statistics(norms)
+            finite = paddle.isfinite(batch_mean) & paddle.isfinite(batch_std)
+            batch_mean = paddle.where(finite, batch_mean, self.norm_mean)
+            batch_std = paddle.where(finite, batch_std, self.norm_std)
             ema_update_(self.norm_mean, batch_mean, self.t_alpha)
             ema_update_(self.norm_std, batch_std, self.t_alpha)
         scaler = margin_scaler(norms, self.norm_mean, self.norm_std, self.h).reshape([-1, 1])

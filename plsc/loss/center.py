@@ -6,7 +6,9 @@ The centres live in a ClassTable sharded like the class layer; each rank scores 
 whose class it owns, and the partial sums are added across ranks. The centres are moved by the
 training optimizer's row-sparse update (only the classes of the batch), like the class centres
 of Partial FC, instead of the paper's separate rate alpha: the gradient w.r.t. c_j is
-(c_j - mean of its samples) * n_j / N, so the LR schedule and momentum apply to them too.
+(c_j - mean of its samples) * n_j / N, so the LR schedule and momentum apply to them too. The
+centres get no weight decay (their table says so to the optimizer): with it a centre settles where
+the pull of its samples balances the decay, short of the class mean the paper defines.
 
 `normalize` (default True) applies the loss to the L2-normalised embedding: margin softmax losses
 train directions on the unit sphere, and a centre term on raw features would fight over the
@@ -52,7 +54,8 @@ class CenterLoss(nn.Layer):
 
     def attach(self, head):
         """Create the centre table with the class layer's sharding; returns it (a sparse table for the optimizer)."""
-        self.table = ClassTable("centerloss", head.num_classes, head.embedding_size, head.model_parallel)
+        self.table = ClassTable("centerloss", head.num_classes, head.embedding_size, head.model_parallel,
+                                weight_decay=False)
         return [self.table]
 
     def forward(self, embeddings_global, labels_global):

@@ -6,7 +6,8 @@ s * cos_j * (t + cos_j) (the paper's N(t, cos_j)), others stay s * cos_j. The cu
 exponential moving average of the mean target cosine of the global batch, t <- 0.01 * r +
 0.99 * t with t = 0 at the start: early on (t ~ 0) hard negatives are down-weighted (easy samples
 first), later (t -> 1) up-weighted. As in the paper's implementation, t is updated with the
-current batch before it is used, and receives no gradient.
+current batch before it is used, and receives no gradient. A batch whose mean target cosine is not
+finite (an fp16 overflow upstream) leaves t as it was: one NaN would otherwise stay in t for good.
 """
 import paddle
 import paddle.nn as nn
@@ -55,7 +56,10 @@ class CurricularFace(nn.Layer):
         cos_target, has_target = target_cosines(cos, labels_local)
         shared_target = shared_target_cosines(cos_target, has_target, bool(self.model_parallel))
         if self.training:
-            ema_update_(self.t, shared_target.mean().reshape([1]), T_MOMENTUM)
+            batch_t = shared_target.mean().reshape([1])
+            # Decided on the device, no host sync; every rank sees the same shared target cosines.
+            batch_t = paddle.where(paddle.isfinite(batch_t), batch_t, self.t)
+            ema_update_(self.t, batch_t, T_MOMENTUM)
         target_margined = additive_angular_target(shared_target, self.m)
         logits = curricular_logits(cos, labels_local, target_margined, self.t.detach(), self.m, self.s)
         return model_parallel_softmax_cross_entropy(logits, labels_local, bool(self.model_parallel))

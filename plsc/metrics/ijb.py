@@ -8,6 +8,7 @@ product of two templates. Everything is vectorised so the full IJB-C protocol (4
 23,124 templates, 15.7M pairs) runs in seconds; tools/bench_ijbc.py measures it.
 """
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import scipy.sparse
 
 from plsc.errors import PlscError
 
-# Measured on the 2-core reference machine (shared/PLATFORM.md): a dense Gram entry costs ~10 ns
+# Measured on a 2-core x86 machine: a dense Gram entry costs ~10 ns
 # (OpenBLAS sgemm, 512-d), a gathered pair ~1.8 us (two row gathers + a row-wise dot). A block of
 # templates is therefore scored through a dense Gram matrix when more than ~1/128 of its entries
 # are wanted pairs, and through per-pair gathers otherwise.
@@ -158,16 +159,70 @@ def subject_scores(probe_features, gallery_features, gallery_subjects):
     return subjects, np.maximum.reduceat(template_scores, starts, axis=1)
 
 
-def identification(gallery_features, gallery_subjects, probe_features, probe_subjects,
-                   ranks=(1, 5, 10), fpirs=(0.01, 0.1)):
-    """Open-set 1:N search: CMC at `ranks` (mated probes) and TPIR at `fpirs`.
+# The two 1:N conventions. Published IJB-B / IJB-C 1:N figures come from insightface's evaluation
+# script, so that is the default; plsc's open-set search is stricter and kept for comparison.
+ONE_TO_N_CONVENTIONS = {
+    "insightface": ("insightface's ijb_1n: both galleries joined into one, every probe mated; "
+                    "rank-k over gallery subjects; TPIR@FPIR f = share of probes whose mate scores above "
+                    "the ceil(Q*f)-th highest non-mate score of the Q probes; no rank-1 requirement"),
+    "open_set": ("plsc open set: each gallery searched alone (probes of its absent subjects are non-mated), "
+                 "threshold from the non-mated probes' top scores, a hit needs rank 1; mean of the galleries"),
+}
+
+
+def insightface_identification(gallery_features, gallery_subjects, probe_features, probe_subjects,
+                               ranks=(1, 5, 10), fpirs=(0.01, 0.1), source="1:N probes"):
+    """insightface's 1:N (ijb_1n): closed-set ranks and TPIR at FPIR counted over mated probes.
+
+    gallery_features: [G, D], probe_features: [Q, D] L2-normalised; *_subjects: [G], [Q]. Every probe's
+    subject must be in the gallery (a PlscError naming `source` otherwise). A gallery subject scores
+    its best template (the releases have one per subject, so this is insightface's per-template score).
+    A probe's rank is 1 + the subjects scoring strictly above its mate. For FPIR f the threshold is
+    the k-th highest of the Q * (S - 1) non-mate scores, k = ceil(Q * f); TPIR is the share of probes
+    whose mate score exceeds it, whatever their rank. k outside [1, Q * (S - 1)] gives NaN.
+    Returns {"cmc": {rank: rate}, "tpir": {fpir: rate}, "threshold": {fpir: score}, "num_probes": Q,
+    "num_gallery_subjects": S}.
+    """
+    subjects, scores = subject_scores(probe_features, gallery_features, gallery_subjects)
+    probe_subjects = np.asarray(probe_subjects)
+    absent = ~np.isin(probe_subjects, subjects)
+    if absent.any():
+        raise PlscError(f"{source}: {int(absent.sum())} probe(s) of subjects missing from the joined "
+                        f"gallery, e.g. subject {probe_subjects[absent][0]}; insightface's 1:N needs every "
+                        f"probe mated (use the open_set convention otherwise)")
+    num_probes = probe_subjects.size
+    mate_column = np.searchsorted(subjects, probe_subjects)
+    mate_scores = scores[np.arange(num_probes), mate_column]
+    ranks_of_mates = 1 + np.sum(scores > mate_scores[:, None], axis=1)
+    nan = float("nan")
+    cmc = {k: float(np.mean(ranks_of_mates <= k)) if num_probes else nan for k in ranks}
+    scores[np.arange(num_probes), mate_column] = -np.inf  # what remains are the non-mate scores
+    non_mate = scores.reshape(-1)
+    num_non_mate = num_probes * (subjects.size - 1)
+    tpir, thresholds = {}, {}
+    for target in fpirs:
+        # The script's own arithmetic, float product then ceil: 0.1 * 30 counts 4, not 3.
+        count = math.ceil(num_probes * target)
+        if count < 1 or count > num_non_mate:
+            tpir[target] = thresholds[target] = nan
+            continue
+        threshold = float(np.partition(non_mate, non_mate.size - count)[non_mate.size - count])
+        thresholds[target] = threshold
+        tpir[target] = float(np.mean(mate_scores > threshold))
+    return {"cmc": cmc, "tpir": tpir, "threshold": thresholds, "num_probes": int(num_probes),
+            "num_gallery_subjects": int(subjects.size)}
+
+
+def open_set_identification(gallery_features, gallery_subjects, probe_features, probe_subjects,
+                            ranks=(1, 5, 10), fpirs=(0.01, 0.1)):
+    """plsc's open-set 1:N search: CMC at `ranks` (mated probes) and TPIR at `fpirs`.
 
     gallery_features: [G, D], probe_features: [Q, D] L2-normalised templates; *_subjects: [G], [Q].
     A probe whose subject has no gallery template is non-mated. A mated probe's rank is 1 + the
     number of gallery subjects scoring strictly higher than its own. The threshold for a target
     FPIR f is the (floor(f * n) + 1)-th highest top score among the n non-mated probes (scores must
     exceed it), so at most f * n of them raise an alarm; TPIR is the share of mated probes found at
-    rank 1 above that threshold. Like `tar_at_far`, f < 1 / n gives NaN.
+    rank 1 above that threshold. f < 1 / n gives NaN.
     Returns {"cmc": {rank: rate}, "tpir": {fpir: rate}, "num_mated": int, "num_non_mated": int}.
     """
     subjects, scores = subject_scores(probe_features, gallery_features, gallery_subjects)
@@ -193,23 +248,42 @@ def identification(gallery_features, gallery_subjects, probe_features, probe_sub
             "num_non_mated": int((~mated).sum())}
 
 
-def one_to_n(template_ids, template_features, csv_paths, ranks=(1, 5, 10), fpirs=(0.01, 0.1)):
-    """IJB 1:N: the mixed probes searched in gallery G1 and in G2, and the mean of the two.
+def gallery_names(csv_paths):
+    """The gallery keys of a 1:N path dict, in release order (G1, G2 or S1, S2)."""
+    return [name for name in csv_paths if name != "probe"]
 
-    template_ids: [T] sorted, template_features: [T, D] (from `pool_templates`); csv_paths:
-    {"G1", "G2", "probe": path} (the release's 1:N csv files, whose templates are 1:1 ones).
-    Returns {"G1" | "G2" | "mean": {"cmc": {rank: rate}, "tpir": {fpir: rate}, ...}}.
+
+def one_to_n(template_ids, template_features, csv_paths, ranks=(1, 5, 10), fpirs=(0.01, 0.1),
+             convention="insightface"):
+    """IJB 1:N of the mixed probes under `convention` (a key of ONE_TO_N_CONVENTIONS).
+
+    template_ids: [T] sorted, template_features: [T, D] (from `pool_templates`); csv_paths: {gallery
+    name: path, ..., "probe": path} (the release's 1:N csv files, whose templates are 1:1 ones).
+    insightface: {"convention", "galleries": "G1+G2", "cmc", "tpir", "threshold", "num_probes", ...}
+    over the joined gallery. open_set: {"convention", name: {...} per gallery, "mean": {"cmc", "tpir"}}.
     """
+    if convention not in ONE_TO_N_CONVENTIONS:
+        raise PlscError(f"1:N convention {convention!r} is not one of {', '.join(ONE_TO_N_CONVENTIONS)}")
     probe_templates, probe_subjects = read_template_subjects(csv_paths["probe"])
     probes = template_features[template_positions(template_ids, probe_templates, str(csv_paths["probe"]))]
-    results = {}
-    for gallery in ("G1", "G2"):
-        gallery_templates, gallery_subjects = read_template_subjects(csv_paths[gallery])
-        rows = template_positions(template_ids, gallery_templates, str(csv_paths[gallery]))
-        results[gallery] = identification(template_features[rows], gallery_subjects, probes,
-                                          probe_subjects, ranks, fpirs)
-    results["mean"] = {figure: {key: (results["G1"][figure][key] + results["G2"][figure][key]) / 2
-                                for key in results["G1"][figure]} for figure in ("cmc", "tpir")}
+    galleries = {}
+    for name in gallery_names(csv_paths):
+        gallery_templates, gallery_subjects = read_template_subjects(csv_paths[name])
+        rows = template_positions(template_ids, gallery_templates, str(csv_paths[name]))
+        galleries[name] = (template_features[rows], gallery_subjects)
+    if convention == "insightface":
+        features = np.concatenate([features for features, _ in galleries.values()])
+        subjects = np.concatenate([subjects for _, subjects in galleries.values()])
+        joined = "+".join(galleries)
+        result = insightface_identification(features, subjects, probes, probe_subjects, ranks, fpirs,
+                                            source=f"{csv_paths['probe']} against {joined}")
+        return {"convention": convention, "galleries": joined, **result}
+    results = {"convention": convention}
+    for name, (features, subjects) in galleries.items():
+        results[name] = open_set_identification(features, subjects, probes, probe_subjects, ranks, fpirs)
+    results["mean"] = {figure: {key: float(np.mean([results[name][figure][key] for name in galleries]))
+                                for key in results[gallery_names(csv_paths)[0]][figure]}
+                       for figure in ("cmc", "tpir")}
     return results
 
 
@@ -220,8 +294,11 @@ def one_to_n(template_ids, template_features, csv_paths, ranks=(1, 5, 10), fpirs
 TEMPLATE_MEDIA_NAMES = ("{t}_face_tid_mid.txt", "{t}_face_tform_id_media.txt")
 PAIRS_NAME = "{t}_template_pair_label.txt"
 LANDMARKS_NAME = "{t}_name_5pts_score.txt"
-ONE_TO_N_NAMES = {"G1": "{t}_1N_gallery_G1.csv", "G2": "{t}_1N_gallery_G2.csv",
-                  "probe": "{t}_1N_probe_mixed.csv"}
+# The 1:N files of each release: IJB-C names its two galleries G1 / G2, IJB-B names them S1 / S2.
+ONE_TO_N_NAMES = {
+    "ijbc": {"G1": "ijbc_1N_gallery_G1.csv", "G2": "ijbc_1N_gallery_G2.csv", "probe": "ijbc_1N_probe_mixed.csv"},
+    "ijbb": {"S1": "ijbb_1N_gallery_S1.csv", "S2": "ijbb_1N_gallery_S2.csv", "probe": "ijbb_1N_probe_mixed.csv"},
+}
 
 
 @dataclass(frozen=True)
@@ -235,7 +312,7 @@ class IJBProtocol:
     faceness: np.ndarray   # [N] float32 detector scores
     pairs: np.ndarray      # [P, 2] int64 template ids
     labels: np.ndarray     # [P] int8, 1 = same subject
-    one_to_n: dict         # {"G1" | "G2" | "probe": csv path}; empty without the 1:N files
+    one_to_n: dict         # {"G1", "G2" (IJB-B: "S1", "S2"), "probe": csv path}; empty when not asked for
 
 
 def _text_lines(path):
@@ -310,10 +387,16 @@ def _first_existing(meta_dir, patterns, target):
     return found
 
 
-def read_ijb_protocol(image_root, target="IJBC"):
-    """Read `{image_root}/meta/{target}_*` into an IJBProtocol (1:N csv paths only if all three exist)."""
+def read_ijb_protocol(image_root, target="IJBC", one_to_n=True):
+    """Read `{image_root}/meta/{target}_*` into an IJBProtocol.
+
+    With one_to_n (the default) the release's 1:N csv files must all be there: a missing one is a
+    PlscError naming it. one_to_n=False reads the 1:1 protocol only.
+    """
     meta_dir = Path(image_root) / "meta"
     prefix = target.lower()
+    if prefix not in ONE_TO_N_NAMES:
+        raise PlscError(f"IJB target {target!r} is not IJBC or IJBB")
     names, templates, medias = read_template_media(_first_existing(meta_dir, TEMPLATE_MEDIA_NAMES, prefix))
     landmark_path = _first_existing(meta_dir, (LANDMARKS_NAME,), prefix)
     landmark_names, landmarks, faceness = read_landmarks(landmark_path)
@@ -323,7 +406,12 @@ def read_ijb_protocol(image_root, target="IJBC"):
         raise PlscError(f"{landmark_path}: image list differs from the template/media file "
                         f"at line {mismatch + 1}")
     pairs, labels = read_pairs(_first_existing(meta_dir, (PAIRS_NAME,), prefix))
-    one_to_n = {key: meta_dir / pattern.format(t=prefix) for key, pattern in ONE_TO_N_NAMES.items()}
-    if not all(path.is_file() for path in one_to_n.values()):
-        one_to_n = {}
-    return IJBProtocol(names, templates, medias, landmarks, faceness, pairs, labels, one_to_n)
+    one_to_n_paths = {}
+    if one_to_n:
+        one_to_n_paths = {key: meta_dir / name for key, name in ONE_TO_N_NAMES[prefix].items()}
+        missing = [str(path) for path in one_to_n_paths.values() if not path.is_file()]
+        if missing:
+            raise PlscError(f"missing 1:N protocol file {missing[0]}"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                            + "; without the 1:N files run the 1:1 protocol only")
+    return IJBProtocol(names, templates, medias, landmarks, faceness, pairs, labels, one_to_n_paths)

@@ -1,12 +1,13 @@
 """ROC curve and TAR at fixed FAR for verification scores (higher score = more alike).
 
-Operating-point rule used by `tar_at_far`: for a target FAR f we take the ROC point with the
-largest FAR that is still <= f, i.e. the lowest threshold whose false accept rate does not exceed
-the target, and report its TAR. We never interpolate between ROC points and never round up to the
-nearest point above f (insightface's and PLSC's scripts take the point nearest to f, which may sit
-slightly above it; at IJB-C scale the two agree to the printed precision except near 1e-6).
-A target below 1 / num_negatives cannot be resolved by the data (the only point at or under it is
-FAR = 0), so its TAR is NaN rather than the FAR = 0 figure.
+Two rules pick the ROC point reported for a target FAR f (`TAR_CONVENTIONS`):
+- "insightface" (the default; what insightface's IJB 1:1 script prints and papers publish): the
+  point of sklearn's ROC (collinear points dropped) whose FAR is nearest to f; among equally near
+  points the one with the larger FAR and, at equal FAR, the larger TAR. It may sit above f.
+- "at_most" (plsc's strict rule): the largest FAR still <= f, i.e. the lowest threshold whose false
+  accepts stay within f * #impostors. A target below 1 / #impostors cannot be resolved by the data
+  (the only point at or under it is FAR = 0), so its TAR is NaN rather than the FAR = 0 figure.
+The two differ mostly when f * #impostors is a whole number or the curve is sparse around f.
 """
 import numpy as np
 from sklearn.metrics import roc_curve as _sklearn_roc_curve
@@ -14,6 +15,10 @@ from sklearn.metrics import roc_curve as _sklearn_roc_curve
 from plsc.errors import PlscError
 
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+TAR_CONVENTIONS = {
+    "insightface": "TAR at the ROC point nearest in FAR (insightface's IJB 1:1)",
+    "at_most": "best TAR with FAR <= target (plsc's strict rule)",
+}
 
 
 def _check_labels(labels):
@@ -29,21 +34,23 @@ def _check_labels(labels):
 def roc_curve(scores, labels):
     """(far [K], tar [K], thresholds [K]) for accepting `score >= threshold`; far ascending.
 
-    scores: [P] float; labels: [P] 1 = genuine (same identity), 0 = impostor.
+    scores: [P] float; labels: [P] 1 = genuine (same identity), 0 = impostor. Collinear points are
+    dropped, as in insightface's scripts (which call sklearn with its defaults).
     """
     labels = _check_labels(labels)
     far, tar, thresholds = _sklearn_roc_curve(labels, np.asarray(scores), drop_intermediate=True)
     return far, tar, thresholds
 
 
-def tar_at_far(scores, labels, fars=DEFAULT_FARS):
-    """{far: TAR} at the lowest threshold whose FAR <= far (NaN when far < 1 / num_impostors).
+def _nearest_point(far_curve, tar_curve, fars):
+    """{far: TAR} at the ROC point nearest in FAR; ties go to the later point (larger FAR, larger TAR)."""
+    # Searching the reversed curve for the first minimum is the tie rule stated above.
+    far_reversed, tar_reversed = far_curve[::-1], tar_curve[::-1]
+    return {target: float(tar_reversed[np.argmin(np.abs(far_reversed - target))]) for target in fars}
 
-    scores: [P] float; labels: [P] 1 = genuine, 0 = impostor.
-    """
-    labels = _check_labels(labels)
-    num_impostors = labels.size - int(labels.sum())
-    far_curve, tar_curve, _ = roc_curve(scores, labels)
+
+def _at_most(far_curve, tar_curve, num_impostors, fars):
+    """{far: TAR} at the lowest threshold whose FAR <= far (NaN when far < 1 / num_impostors)."""
     # Compare whole counts of false accepts, not rates: 3/300 and 0.01 may differ in the last bit.
     false_accepts = np.rint(far_curve * num_impostors)
     result = {}
@@ -56,3 +63,17 @@ def tar_at_far(scores, labels, fars=DEFAULT_FARS):
         index = np.searchsorted(false_accepts, allowed, side="right") - 1
         result[target] = float(tar_curve[index])
     return result
+
+
+def tar_at_far(scores, labels, fars=DEFAULT_FARS, convention="insightface"):
+    """{far: TAR} under `convention` ("insightface" nearest point, or "at_most"; see the module doc).
+
+    scores: [P] float; labels: [P] 1 = genuine, 0 = impostor.
+    """
+    if convention not in TAR_CONVENTIONS:
+        raise PlscError(f"TAR@FAR convention {convention!r} is not one of {', '.join(TAR_CONVENTIONS)}")
+    labels = _check_labels(labels)
+    far_curve, tar_curve, _ = roc_curve(scores, labels)
+    if convention == "insightface":
+        return _nearest_point(far_curve, tar_curve, fars)
+    return _at_most(far_curve, tar_curve, labels.size - int(labels.sum()), fars)

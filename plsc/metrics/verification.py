@@ -34,17 +34,31 @@ def kfold_accuracy(distances, issame, nrof_folds=10, thresholds=THRESHOLDS):
     return float(np.mean(accuracies)), float(np.std(accuracies)), float(np.mean(chosen))
 
 
+def insightface_xnorm(image_embeddings):
+    """Mean L2 norm of single-image embeddings ([M, D], images and mirrors alike), as insightface logs it."""
+    return float(np.mean(np.linalg.norm(np.asarray(image_embeddings, dtype=np.float64), axis=1)))
+
+
 @METRICS.register("LFWAcc")
 class LFWAcc:
-    """10-fold verification accuracy; with flip_test the evaluator sums image and mirror embeddings."""
+    """10-fold verification accuracy; with flip_test the evaluator sums image and mirror embeddings.
+
+    `xnorm` follows insightface: the mean norm of the single-image embeddings (each image and each
+    mirror image on its own), not of their sum, which is about twice as large.
+    """
 
     def __init__(self, flip_test=True, nrof_folds=10):
         self.flip_test = flip_test
         self.nrof_folds = nrof_folds
 
-    def __call__(self, embeddings, issame):
-        """embeddings [2P, D] (pair order), issame [P] -> dict of figures; `metric` is the one to maximise."""
+    def __call__(self, embeddings, issame, image_embeddings=None):
+        """embeddings [2P, D] (pair order, flip-summed with flip_test), issame [P] -> dict of figures.
+
+        image_embeddings: [M, D] single-image embeddings (with flip_test: every image's and every
+        mirror's), for the insightface xnorm. Without them a flip-summed set can only give the mean norm
+        of the sums. Every figure is a number; `metric` is the one to maximise.
+        """
         embeddings = np.asarray(embeddings)
         mean, std, threshold = kfold_accuracy(pair_distances(embeddings), issame, self.nrof_folds)
-        return {"accuracy": mean, "std": std, "threshold": threshold,
-                "xnorm": float(np.mean(np.linalg.norm(embeddings, axis=1))), "metric": mean}
+        xnorm = insightface_xnorm(embeddings if image_embeddings is None else image_embeddings)
+        return {"accuracy": mean, "std": std, "threshold": threshold, "xnorm": xnorm, "metric": mean}

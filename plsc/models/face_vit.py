@@ -9,7 +9,7 @@ from plsc.registry import MODELS
 IMAGE_SIZE = 112
 PATCH_SIZE = 9  # 12 x 12 = 144 patches; the last 4 pixel rows/columns are never seen (as in PLSC)
 LINEAR_INIT_STD = 0.02
-# PLSC draws pos_embed and mask_token from a truncated N(0, 1) (PLSC_FACTS section 2); pre-norm
+# PLSC draws pos_embed and mask_token from a truncated N(0, 1) (its face_vit.py); pre-norm
 # blocks normalise the sum, so the large scale does not swamp the patch embedding.
 TOKEN_INIT_STD = 1.0
 LAYER_NORM_EPSILON = 1e-5

@@ -70,7 +70,7 @@ class MobileFaceNet(nn.Layer):
     (64 and 128 at scale 1), while the inner (expansion) widths 64/128/256/512 stay fixed.
     The defaults are the paper's network (Chen et al. 2018: 0.99M parameters and 221M MAdds with
     its 128-d embedding); base = blocks (1, 4, 6, 2) at scale 2 gives widths 128 and 256 as in
-    PLSC_FACTS (insightface's "mbf", 0.45 GFLOPs).
+    PLSC's MobileFaceNet_base (insightface's "mbf", 0.45 GFLOPs).
     """
 
     def __init__(self, *, num_features=512, data_format="NCHW", blocks=(1, 4, 6, 2), scale=1):

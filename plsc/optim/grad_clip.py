@@ -1,6 +1,6 @@
 """Gradient clipping by global norm with PLSC's options (always_clip, no_clip_list, clip_norm_max).
 
-PLSC semantics (PLSC_FACTS.md section 3): the norm runs over every gradient whose parameter name
+PLSC semantics (its ClipGradByGlobalNorm): the norm runs over every gradient whose parameter name
 contains none of the `no_clip_list` strings; the gradients are multiplied by
 clip_norm / (norm + 1e-6) when norm > clip_norm, or always when `always_clip` is set. With
 always_clip that factor exceeds 1 for small norms (gradients are scaled *up* to clip_norm);

@@ -231,7 +231,8 @@ class FaceOptimizer:
                          f"weight decay {group.weight_decay:g}, {len(group.parameters)} parameters "
                          f"({group.num_values()} values)")
         for key, head in self.heads.items():
-            weight_decay = self.rule.weight_decay if self.rule.decays((head.weight.name,)) else 0.0
+            decays = getattr(head, "weight_decay", True) and self.rule.decays((head.weight.name,))
+            weight_decay = self.rule.weight_decay if decays else 0.0
             lines.append(f"{key} class centres (sparse): lr scale 1, lr {self.lr:.6g}, weight decay {weight_decay:g}, "
                          f"{int(head.weight.size)} values on this rank")
         return lines
@@ -313,7 +314,8 @@ class FaceOptimizer:
                 self.dense.step()
         for key, (index, grad, weight_rows) in self._sparse_rows().items():
             head = self.heads[key]
-            weight_decay = self.rule.weight_decay if self.rule.decays((head.weight.name,)) else 0.0
+            decays = getattr(head, "weight_decay", True) and self.rule.decays((head.weight.name,))
+            weight_decay = self.rule.weight_decay if decays else 0.0
             self.rule.update_sparse(head.weight, self._sparse_state(key, head.weight), index, grad, self.lr,
                                     weight_decay, weight_rows=weight_rows)
 

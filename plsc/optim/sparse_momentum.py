@@ -1,7 +1,7 @@
 """Row-sparse updates of the class-centre shard: only the rows sampled this step move.
 
 Each function updates `weight` and its state tables in place on the rows `index` and leaves every
-other row, and its state, untouched bit for bit (DESIGN.md section 4). `index` must hold unique
+other row, and its state, untouched bit for bit (sparse momentum: v_I = mu * v_I + g_I, W_I -= lr * v_I). `index` must hold unique
 rows (the head's sampled index is sorted and unique): an overwriting scatter with repeated rows
 would keep an arbitrary one of them.
 

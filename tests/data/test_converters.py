@@ -13,8 +13,8 @@ from plsc.data.dataset.tools import lfw_style_bin_dataset_converter, mx_recordio
 from plsc.data.dataset.tools.lfw_style_bin_dataset_converter import convert_bin_to_images
 from plsc.data.dataset.tools.mx_recordio_2_images import convert_recordio_to_images
 from plsc.data.recordio import FaceRecordIndex, RecordReader, RecordWriter, pack_record
-from plsc.data.synthetic_formats import write_bin as write_synthetic_bin
-from plsc.data.synthetic_formats import write_recordio
+from plsc.data.synthetic.formats import write_bin as write_synthetic_bin
+from plsc.data.synthetic.formats import write_recordio
 from plsc.data.verification_bin import load_bin, write_bin
 from plsc.errors import PlscError
 

@@ -9,7 +9,7 @@ import pytest
 
 from plsc.data import build_dataset, build_loader
 from plsc.data.dataset.mx_record import MXRecordDataset, labels_from_identity_ranges
-from plsc.data.synthetic_formats import write_recordio
+from plsc.data.synthetic.formats import write_recordio
 from plsc.errors import PlscError
 from tests.data.rec_builders import parse_rec_by_hand, write_face_rec
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from plsc.data.align import ARCFACE_TEMPLATE_112, align_face, read_aligned
-from plsc.data.synthetic_ijbc import CANVAS_RANGE, loose_crop, write_synthetic_ijbc
+from plsc.data.synthetic.ijbc import CANVAS_RANGE, loose_crop, write_synthetic_ijbc
 from plsc.errors import PlscError
 from plsc.metrics.ijb import read_ijb_protocol, read_template_subjects
 from tests.data.test_align import blob_centres, blob_face
@@ -38,11 +38,12 @@ def test_protocol_files_agree(release):
 
     parts = {name: dict(zip(*map(np.ndarray.tolist, read_template_subjects(path))))
              for name, path in protocol.one_to_n.items()}
-    subject_of = {**parts["G1"], **parts["G2"], **parts["probe"]}
+    assert list(parts) == ["S1", "S2", "probe"]  # IJB-B names its galleries S1, S2
+    subject_of = {**parts["S1"], **parts["S2"], **parts["probe"]}
     assert sorted(subject_of) == templates.tolist()  # every template in exactly one 1:N file
     assert sum(map(len, parts.values())) == templates.size
-    assert not set(parts["G1"].values()) & set(parts["G2"].values())
-    assert sorted([*parts["G1"].values(), *parts["G2"].values()]) == sorted(set(subject_of.values()))
+    assert not set(parts["S1"].values()) & set(parts["S2"].values())
+    assert sorted([*parts["S1"].values(), *parts["S2"].values()]) == sorted(set(subject_of.values()))
 
     # Every genuine pair (and only those) joins two templates of one subject; all genuine pairs are listed.
     for (first, second), label in zip(protocol.pairs.tolist(), protocol.labels.tolist()):

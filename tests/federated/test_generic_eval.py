@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_generic_figures_include_ijbc_when_given(tiny_fedfr, tmp_path):
-    from plsc.data.synthetic_ijbc import write_synthetic_ijbc
+    from plsc.data.synthetic.ijbc import write_synthetic_ijbc
 
     root = write_synthetic_ijbc(tmp_path / "IJBC", num_subjects=4, templates_per_subject=2,
                                 medias_per_template=1, images_per_media=2, seed=3)

@@ -107,7 +107,7 @@ def test_identification_matches_brute_force():
     probe_subjects = rng.integers(0, num_subjects, size=120)  # subjects 15..29 are not enrolled
     probes = ijb.l2_normalise(centres[probe_subjects] + 0.6 * rng.normal(size=(120, dim)))
     ranks, fpirs = (1, 2, 5, 10), (0.01, 0.05, 0.1, 0.5)
-    result = ijb.identification(gallery, gallery_subjects, probes, probe_subjects, ranks, fpirs)
+    result = ijb.open_set_identification(gallery, gallery_subjects, probes, probe_subjects, ranks, fpirs)
     cmc, tpir, num_mated, num_non_mated = brute_force_identification(
         gallery, gallery_subjects, probes, probe_subjects, ranks, fpirs)
     assert (result["num_mated"], result["num_non_mated"]) == (num_mated, num_non_mated)
@@ -133,7 +133,9 @@ def test_read_protocol_files(tmp_path):
     write(meta / "ijbc_name_5pts_score.txt", "".join(
         f"{i}.jpg " + " ".join(str(i * 10 + k) for k in range(10)) + f" 0.{i}\n" for i in (1, 2, 3)))
     write(meta / "ijbc_template_pair_label.txt", "1 2 0\n2 1 1\n")
-    protocol = ijb.read_ijb_protocol(tmp_path, "IJBC")
+    with pytest.raises(PlscError, match=r"missing 1:N protocol file .*ijbc_1N_gallery_G1.csv \(and 2 more\)"):
+        ijb.read_ijb_protocol(tmp_path, "IJBC")
+    protocol = ijb.read_ijb_protocol(tmp_path, "IJBC", one_to_n=False)
     assert protocol.image_names == ["1.jpg", "2.jpg", "3.jpg"]
     assert protocol.templates.tolist() == [1, 1, 2] and protocol.medias.tolist() == [10, 11, 12]
     np.testing.assert_allclose(protocol.landmarks[1], np.arange(20, 30).reshape(5, 2))
@@ -155,22 +157,38 @@ def test_read_protocol_files(tmp_path):
     assert ijb.read_ijb_protocol(tmp_path, "IJBC").templates.tolist() == [5, 5, 6]
 
 
+def test_ijbb_galleries_are_s1_and_s2(tmp_path):
+    meta = tmp_path / "meta"
+    write(meta / "ijbb_face_tid_mid.txt", "1.jpg 1 10\n")
+    write(meta / "ijbb_name_5pts_score.txt", "1.jpg" + " 1" * 10 + " 0.9\n")
+    write(meta / "ijbb_template_pair_label.txt", "1 1 1\n")
+    header = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n"
+    write(meta / "ijbb_1N_gallery_S1.csv", header + "1,7,a.jpg\n")
+    write(meta / "ijbb_1N_probe_mixed.csv", header + "1,7,a.jpg\n")
+    with pytest.raises(PlscError, match=r"missing 1:N protocol file \S*ijbb_1N_gallery_S2.csv;"):
+        ijb.read_ijb_protocol(tmp_path, "IJBB")
+    write(meta / "ijbb_1N_gallery_S2.csv", header + "2,8,b.jpg\n")
+    assert list(ijb.read_ijb_protocol(tmp_path, "IJBB").one_to_n) == ["S1", "S2", "probe"]
+
+
 def test_protocol_errors_name_the_file(tmp_path):
     meta = tmp_path / "meta"
     with pytest.raises(PlscError, match="ijbb_face_tid_mid.txt"):
         ijb.read_ijb_protocol(tmp_path, "IJBB")
+    with pytest.raises(PlscError, match="'IJBA' is not IJBC or IJBB"):
+        ijb.read_ijb_protocol(tmp_path, "IJBA")
     write(meta / "ijbc_face_tid_mid.txt", "1.jpg 1 10\n2.jpg 1 11\n")
     write(meta / "ijbc_name_5pts_score.txt", "1.jpg" + " 1" * 10 + " 0.9\n")
     with pytest.raises(PlscError, match="ijbc_name_5pts_score.txt: line 1 does not have"):
         write(meta / "ijbc_name_5pts_score.txt", "1.jpg 1 2 0.9\n")
-        ijb.read_ijb_protocol(tmp_path, "IJBC")
+        ijb.read_ijb_protocol(tmp_path, "IJBC", one_to_n=False)
     write(meta / "ijbc_name_5pts_score.txt", "1.jpg" + " 1" * 10 + " 0.9\n3.jpg" + " 1" * 10 + " 0.9\n")
     with pytest.raises(PlscError, match="differs .* at line 2"):
-        ijb.read_ijb_protocol(tmp_path, "IJBC")
+        ijb.read_ijb_protocol(tmp_path, "IJBC", one_to_n=False)
     write(meta / "ijbc_name_5pts_score.txt", "1.jpg" + " 1" * 10 + " 0.9\n2.jpg" + " 1" * 10 + " 0.9\n")
     write(meta / "ijbc_template_pair_label.txt", "1 2\n")
     with pytest.raises(PlscError, match="ijbc_template_pair_label.txt: expected 3 columns"):
-        ijb.read_ijb_protocol(tmp_path, "IJBC")
+        ijb.read_ijb_protocol(tmp_path, "IJBC", one_to_n=False)
     bad_csv = write(meta / "g.csv", "TEMPLATE_ID,SUBJECT_ID\n1,2\n1,3\n")
     with pytest.raises(PlscError, match="template 1 is listed with several subjects"):
         ijb.read_template_subjects(bad_csv)
@@ -191,7 +209,8 @@ def test_one_to_n_searches_the_mixed_probes_in_both_galleries(tmp_path):
         lines = [f"{template_ids[i]},{subjects[i]},img/{k}.jpg" for i in rows for k in range(2)]
         paths[name] = write(tmp_path / f"{name}.csv", "TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(lines) + "\n")
     ranks, fpirs = (1, 5), (0.1, 0.5)
-    result = ijb.one_to_n(template_ids, features, paths, ranks, fpirs)
+    result = ijb.one_to_n(template_ids, features, paths, ranks, fpirs, convention="open_set")
+    assert result["convention"] == "open_set"
     for name in ("G1", "G2"):
         rows = gallery[name]
         cmc, tpir, _, _ = brute_force_identification(features[rows], subjects[rows], features[probes],
@@ -217,3 +236,79 @@ def test_template_positions_both_paths(monkeypatch, max_lookup_id):
     for bad in ([0], [401], [-5], [9]):
         with pytest.raises(PlscError, match=rf"\[{bad[0]}\]"):
             ijb.template_positions(template_ids, np.array([3, *bad]))
+
+
+def insightface_ijb_1n(probe_features, probe_subjects, gallery_features, gallery_subjects, ranks, fpirs):
+    """A numpy port of what insightface's ijb_1n evaluation computes: one gallery template per subject,
+    mask = the mate's gallery row, top-k from argsort, non-mate scores heap-sorted, k = ceil(Q * far)."""
+    mask = []
+    for subject in probe_subjects:
+        rows = [row for row, gallery_subject in enumerate(gallery_subjects) if gallery_subject == subject]
+        assert len(rows) == 1
+        mask.append(rows[0])
+    similarity = probe_features @ gallery_features.T
+    order = np.argsort(-similarity, axis=1)
+    num_probes = len(mask)
+    cmc = {k: sum(mask[i] in order[i, :k] for i in range(num_probes)) / num_probes for k in ranks}
+    positives = np.array([similarity[i, mask[i]] for i in range(num_probes)])
+    for i in range(num_probes):
+        similarity[i, mask[i]] = -2.0
+    negatives = sorted(similarity[similarity > -2.0].tolist(), reverse=True)
+    tpir = {}
+    for far in fpirs:
+        threshold = negatives[math.ceil(num_probes * far) - 1]
+        tpir[far] = np.sum(positives > threshold) / num_probes
+    return cmc, tpir
+
+
+def mixed_one_to_n_files(tmp_path, seed, num_subjects=24, probes_per_subject=3, noise=0.8):
+    """Templates and G1 / G2 / probe csvs in the IJB-C layout: subject s enrolled once, in G1 (even) or G2."""
+    rng = np.random.default_rng(seed)
+    dim = 8
+    centres = rng.normal(size=(num_subjects, dim))
+    subjects = np.r_[np.arange(num_subjects), np.repeat(np.arange(num_subjects), probes_per_subject)]
+    features = ijb.l2_normalise(centres[subjects] + noise * rng.normal(size=(subjects.size, dim)))
+    template_ids = 5 + 2 * np.arange(subjects.size)
+    rows = {"G1": np.arange(0, num_subjects, 2), "G2": np.arange(1, num_subjects, 2),
+            "probe": np.arange(num_subjects, subjects.size)}
+    paths = {}
+    for name, members in rows.items():
+        lines = [f"{template_ids[i]},{100 + subjects[i]},img/{i}.jpg" for i in members]
+        paths[name] = write(tmp_path / f"{name}.csv", "TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(lines) + "\n")
+    return template_ids, features, subjects, rows, paths
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_insightface_one_to_n_matches_a_port_of_ijb_1n(tmp_path, seed):
+    template_ids, features, subjects, rows, paths = mixed_one_to_n_files(tmp_path, seed)
+    ranks, fpirs = (1, 5, 10), (0.01, 0.05, 0.1, 0.3)
+    result = ijb.one_to_n(template_ids, features, paths, ranks, fpirs)
+    assert result["convention"] == "insightface" and result["galleries"] == "G1+G2"
+    gallery = np.r_[rows["G1"], rows["G2"]]
+    cmc, tpir = insightface_ijb_1n(features[rows["probe"]], subjects[rows["probe"]], features[gallery],
+                                   subjects[gallery], ranks, fpirs)
+    assert result["num_probes"] == rows["probe"].size and result["num_gallery_subjects"] == gallery.size
+    for k in ranks:
+        assert result["cmc"][k] == pytest.approx(cmc[k], abs=1e-12)
+    for far in fpirs:
+        assert result["tpir"][far] == pytest.approx(tpir[far], abs=1e-12)
+    # The open-set figures of the same scores are lower: a hit needs rank 1 in one half of the gallery.
+    open_set = ijb.one_to_n(template_ids, features, paths, ranks, fpirs, convention="open_set")
+    assert open_set["mean"]["cmc"][1] != pytest.approx(result["cmc"][1])
+
+
+def test_insightface_one_to_n_without_a_rank_1_requirement():
+    # Probe 0's mate scores 0.8 but a non-mate 0.9 (rank 2); probe 1's mate 0.7 is rank 1. Non-mate
+    # scores sorted: 0.9, 0.5, 0.2, 0.1; FPIR 0.5 of 2 probes -> k = 1 -> threshold 0.9 -> no probe above;
+    # FPIR 1.0 -> k = 2 -> threshold 0.5 -> both mates above it, one of them not at rank 1.
+    gallery_subjects = np.array([10, 11, 12])
+    scores = np.array([[0.8, 0.9, 0.1], [0.5, 0.7, 0.2]])
+    gallery = np.eye(3)
+    probes = scores  # probe @ identity gallery = the scores themselves
+    result = ijb.insightface_identification(gallery, gallery_subjects, probes, np.array([10, 11]),
+                                            ranks=(1, 2), fpirs=(0.5, 1.0))
+    assert result["cmc"] == {1: 0.5, 2: 1.0}
+    assert result["tpir"] == {0.5: 0.0, 1.0: 1.0}
+    assert result["threshold"][1.0] == pytest.approx(0.5)
+    with pytest.raises(PlscError, match="1 probe\\(s\\) of subjects missing from the joined gallery, e.g. subject 13"):
+        ijb.insightface_identification(gallery, gallery_subjects, probes, np.array([10, 13]))

@@ -57,3 +57,21 @@ def test_pair_distances_range():
     rng = np.random.default_rng(3)
     d = pair_distances(rng.normal(size=(10, 4)))
     assert d.shape == (5,) and np.all(d >= 0) and np.all(d <= 4 + 1e-9)
+
+
+def test_xnorm_is_insightfaces_mean_norm_of_single_images():
+    # insightface's verification test: every embedding of the image batch and of the flipped batch
+    # counted on its own, norm averaged; the pair embeddings are their sums.
+    rng = np.random.default_rng(7)
+    image = rng.normal(size=(40, 16)) * 3.0
+    mirror = image + 0.5 * rng.normal(size=image.shape)
+    issame = np.arange(20) % 2 == 0
+    expected = sum(np.linalg.norm(row) for row in np.r_[image, mirror]) / 80
+    figures = LFWAcc(flip_test=True)(image + mirror, issame, image_embeddings=np.r_[image, mirror])
+    assert figures["xnorm"] == pytest.approx(expected, rel=1e-12)
+    # the norm of the sums is about twice that: what was logged before
+    assert LFWAcc(flip_test=True)(image + mirror, issame)["xnorm"] == pytest.approx(
+        np.mean(np.linalg.norm(image + mirror, axis=1)))
+    assert np.mean(np.linalg.norm(image + mirror, axis=1)) > 1.8 * expected
+    # without flip test the embeddings are single images already
+    assert LFWAcc(flip_test=False)(image, issame)["xnorm"] == pytest.approx(np.mean(np.linalg.norm(image, axis=1)))

@@ -18,7 +18,7 @@ REGISTERED = ["IResNet", "IResNet18", "IResNet34", "IResNet50", "IResNet100", "I
               "MobileFaceNet", "MobileFaceNet_base", "MobileFaceNet_large", "FaceViT_tiny_patch9_112",
               "FaceViT_small_patch9_112", "FaceViT_base_patch9_112", "FaceViT_large_patch9_112"]
 
-# The `Model` sections of PLSC's shipped face configs (PLSC_FACTS section 1.2), key order kept.
+# The `Model` sections of PLSC's shipped face configs , key order kept.
 PLSC_MODEL_SECTIONS = [
     dict(name="IResNet50", num_features=512, data_format="NHWC", class_num=93431,
          pfc_config=dict(sample_ratio=1.0, model_parallel=True)),

@@ -9,7 +9,7 @@ from plsc.models.complexity import count_flops, count_parameters
 
 # Published figures. GFLOPs: insightface arcface_torch README (r18 2.6, r50 6.3, r100 12.1, r200 23.5,
 # mobilefacenet 0.45, ViT-T 1.5, ViT-S 5.7, ViT-B 11.4, ViT-L 25.3), whose ViTs have PLSC's shapes.
-# Parameters (M): PLSC_FACTS section 2, counted from PLSC's code (rounded to 0.01M); the issue quotes
+# Parameters (M): counted from PLSC's code (rounded to 0.01M); the issue quotes
 # IResNet50 ~43.6M and IResNet100 ~65.2M. MobileFaceNet: the paper (Chen et al. 2018), 0.99M
 # parameters and 221M MAdds with a 128-d embedding.
 

@@ -1,6 +1,6 @@
 """LR schedules (Poly, Cosine, Step) with linear warmup, per step and per epoch, against formulas written here.
 
-Spec (PLSC_FACTS.md section 3 and plsc/optim/lr_scheduler.py's docstring): T = epochs * steps_per_epoch,
+Spec (PLSC's Poly arithmetic, stated in plsc/optim/lr_scheduler.py's docstring): T = epochs * steps_per_epoch,
 W = warmup_steps or warmup_epochs * steps_per_epoch; during warmup the rate rises linearly per step;
 after it the decay runs over T - W steps, and with decay_unit 'epoch' it only changes at epoch starts.
 """
@@ -118,8 +118,6 @@ def test_past_the_last_step_the_rate_stays_at_the_end():
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(name="Poly", learning_rate=0.1, decay_unit="iteration"), "decay_unit"),
-    (dict(name="Poly", learning_rate=0.1, warmup_steps=TOTAL), "warmup"),
-    (dict(name="Poly", learning_rate=0.1, warmup_epochs=EPOCHS), "warmup"),
     (dict(name="Step", learning_rate=0.1, boundaries=[5, 2]), "increasing"),
     (dict(name="Step", learning_rate=0.1, boundaries=[5], values=[0.1]), "values"),
 ])
@@ -132,3 +130,32 @@ def test_bad_schedules_are_user_errors(kwargs, words):
 def test_zero_epochs_is_a_user_error():
     with pytest.raises(PlscError, match="epochs"):
         LR_SCHEDULERS.build("Poly", learning_rate=0.1, epochs=0, steps_per_epoch=10)
+
+
+@pytest.mark.parametrize("name, kwargs", [("Poly", dict(warmup_steps=TOTAL)), ("Poly", dict(warmup_epochs=EPOCHS + 2)),
+                                          ("Cosine", dict(warmup_steps=5 * TOTAL)), ("Step", dict(warmup_steps=TOTAL, boundaries=[3]))])
+def test_warmup_as_long_as_the_run_is_shortened_with_one_warning(monkeypatch, capsys, name, kwargs):
+    from plsc.config import notices
+
+    monkeypatch.setattr(notices, "_ALREADY_SAID", set())
+    schedules = [build(name, learning_rate=0.1, decay_unit="step", **kwargs) for _ in range(3)]
+    warned = capsys.readouterr().err.strip().splitlines()
+    assert len(warned) == 1 and warned[0].startswith("plsc: warning: LRScheduler: warmup of ")
+    assert f"training ({TOTAL} steps" in warned[0] and f"over {TOTAL - 1} steps instead" in warned[0]
+    schedule = schedules[0]
+    assert schedule.warmup_steps == TOTAL - 1
+    # Warmup rises linearly to the base rate over the shortened warmup; every step has a finite rate.
+    rates = [schedule.lr_at(step) for step in range(TOTAL + 2)]
+    assert all(math.isfinite(rate) for rate in rates)
+    for step in range(TOTAL - 1):
+        assert rates[step] == pytest.approx(0.1 * step / (TOTAL - 1))
+    # The decay starts on the last step: at its start for Poly / Cosine, past boundary 3 for Step.
+    assert rates[TOTAL - 1] == pytest.approx(0.01 if name == "Step" else 0.1)
+
+
+def test_one_step_run_has_no_warmup(monkeypatch):
+    from plsc.config import notices
+
+    monkeypatch.setattr(notices, "_ALREADY_SAID", set())
+    schedule = LR_SCHEDULERS.build("Poly", learning_rate=0.1, warmup_steps=50, epochs=1, steps_per_epoch=1)
+    assert schedule.warmup_steps == 0 and schedule.lr_at(0) == pytest.approx(0.1)

@@ -79,7 +79,7 @@ def test_eval_ijbc_command():
 @pytest.mark.multiprocess
 def test_train_export_evaluate_chain(tmp_path):
     from plsc.data.synthetic import write_image_folder
-    from plsc.data.synthetic_ijbc import write_synthetic_ijbc
+    from plsc.data.synthetic.ijbc import write_synthetic_ijbc
 
     train = write_image_folder(tmp_path / "train", num_classes=8, images_per_class=2, seed=1)
     ijbc = write_synthetic_ijbc(tmp_path / "IJBC", num_subjects=4, templates_per_subject=2, medias_per_template=1,

@@ -19,7 +19,7 @@ import pytest
 
 from plsc.cli import export_main, train_main
 from plsc.data.align import ARCFACE_TEMPLATE_112
-from plsc.data.synthetic_ijbc import write_synthetic_ijbc
+from plsc.data.synthetic.ijbc import write_synthetic_ijbc
 from tests.task.tiny_quickstart import IMAGE_SIZE, REPO_ROOT, cli_args, tiny_overrides
 
 SCRIPT = REPO_ROOT / "task" / "recognition" / "face" / "onnx_ijbc.py"
@@ -94,9 +94,10 @@ def read_csv_subjects(path):
     return {int(line.split(",")[0]): int(line.split(",")[1]) for line in lines}
 
 
-def reference_rank1(templates, gallery_csv, probe_csv):
-    """Share of mated probes whose best-scoring gallery template belongs to their own subject."""
-    gallery, probes = read_csv_subjects(gallery_csv), read_csv_subjects(probe_csv)
+def reference_rank1(templates, gallery_csvs, probe_csv):
+    """Share of mated probes whose best-scoring gallery template (over all `gallery_csvs`) is their subject's."""
+    gallery = {template: subject for path in gallery_csvs for template, subject in read_csv_subjects(path).items()}
+    probes = read_csv_subjects(probe_csv)
     hits = [gallery[max(gallery, key=lambda g: templates[g] @ templates[p])] == subject
             for p, subject in probes.items() if subject in gallery.values()]
     return float(np.mean(hits))
@@ -116,26 +117,47 @@ def test_onnx_ijbc_end_to_end_and_feature_cache(exported, ijbc, tmp_path):
     expected, labels, templates = reference_scores(exported, ijbc)
     np.testing.assert_allclose(scores, expected, atol=2e-4)
 
-    # The 1:1 table: PLSC's columns, the job's row, TAR x 100 of the pair scores.
+    # The 1:1 table: PLSC's columns, the job's row, TAR x 100 at the ROC point nearest in FAR (insightface).
+    assert "TAR (%) at FAR [insightface:" in out
     header = next(line for line in out.splitlines() if "Methods" in line)
     assert [cell.strip() for cell in header.strip("|").split("|")] == ["Methods", *FARS]
     row = next(line for line in out.splitlines() if line.startswith("| tiny"))
     cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
     impostor, genuine = scores[labels == 0], scores[labels == 1]
+    # Every threshold at a distinct score; the one whose FAR is nearest to 0.1 (ties: larger FAR, then TAR).
+    points = sorted(((abs(np.mean(impostor >= t) - 0.1), -np.mean(impostor >= t), -np.mean(genuine >= t))
+                     for t in np.unique(scores)))
+    assert float(cells[-1]) == pytest.approx(-100 * points[0][2], abs=0.01)
+
+    # The 1:N table: one joined gallery, rank-1 over G1 + G2.
+    assert "1:N identification, mixed probes (%) [insightface:" in out
+    assert re.search(r"\| G1\+G2 ", out), out
+    results = json.loads((result_dir / "results.json").read_text())
+    assert results["tar_convention"] == "insightface"
+    figures = results["one_to_n"]
+    assert figures["convention"] == "insightface"
+    meta = ijbc / "meta"
+    galleries = [meta / "ijbc_1N_gallery_G1.csv", meta / "ijbc_1N_gallery_G2.csv"]
+    assert figures["cmc"]["1"] == pytest.approx(reference_rank1(templates, galleries, meta / "ijbc_1N_probe_mixed.csv"))
+    assert (result_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # plsc's strict conventions on the cached features: FAR <= target, galleries searched apart.
+    strict = run_script("--model-root", exported, "--image-path", ijbc, "--result-dir", tmp_path, "--job", "tiny",
+                        "--num-workers", 0, "--tar-convention", "at_most", "--one-to-n-convention", "open_set")
+    assert strict.returncode == 0, strict.stderr[-3000:]
+    assert "[at_most:" in strict.stdout and "[open_set:" in strict.stdout
+    row = next(line for line in strict.stdout.splitlines() if line.startswith("| tiny"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
     allowed = int(np.floor(0.1 * impostor.size))
     threshold = np.sort(impostor)[::-1][allowed]  # accept above it: at most `allowed` impostors
     assert float(cells[-1]) == pytest.approx(100 * np.mean(genuine > threshold), abs=0.01)
     assert cells[0] == "nan"  # 1e-6 of a few hundred impostor pairs cannot be resolved
-
-    # The 1:N table and its figures.
-    assert re.search(r"\| G1 .*\n\| G2 .*\n\| mean ", out), out
+    assert re.search(r"\| G1 .*\n\| G2 .*\n\| mean ", strict.stdout), strict.stdout
     figures = json.loads((result_dir / "results.json").read_text())["one_to_n"]
-    meta = ijbc / "meta"
     for gallery in ("G1", "G2"):
-        rank1 = reference_rank1(templates, meta / f"ijbc_1N_gallery_{gallery}.csv", meta / "ijbc_1N_probe_mixed.csv")
+        rank1 = reference_rank1(templates, [meta / f"ijbc_1N_gallery_{gallery}.csv"], meta / "ijbc_1N_probe_mixed.csv")
         assert figures[gallery]["cmc"]["1"] == pytest.approx(rank1)
         assert figures[gallery]["tpir"]["0.1"] is not None
-    assert (result_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A re-run reuses the cached features (file untouched) and gives the same scores;
     # a protocol switch (no flip) is computed from the same cache.
@@ -189,6 +211,15 @@ def test_user_errors_exit_1_with_one_line(exported, ijbc, tmp_path):
     (broken / "meta" / "ijbc_template_pair_label.txt").unlink()
     result = run_script("--model-root", exported, "--image-path", broken, "--result-dir", tmp_path)
     assert result.returncode == 1 and "ijbc_template_pair_label.txt" in result.stderr.strip().splitlines()[-1]
+
+    shutil.copytree(ijbc, tmp_path / "no1n")
+    (tmp_path / "no1n" / "meta" / "ijbc_1N_gallery_G2.csv").unlink()
+    result = run_script("--model-root", exported, "--image-path", tmp_path / "no1n", "--result-dir", tmp_path)
+    assert result.returncode == 1
+    assert "missing 1:N protocol file" in result.stderr and "ijbc_1N_gallery_G2.csv" in result.stderr
+    result = run_script("--model-root", exported, "--image-path", tmp_path / "no1n", "--result-dir", tmp_path,
+                        "--skip-1n", "--num-workers", 0)
+    assert result.returncode == 0 and "1:N" not in result.stdout
 
     result = run_script("--model-root", tmp_path / "none.onnx", "--image-path", ijbc, "--result-dir", tmp_path)
     assert result.returncode == 1 and "none.onnx: ONNX model not found" in result.stderr

@@ -44,6 +44,7 @@ class FaceVerificationDataset(FaceImageDataset):
 
             self.source = bin_path
             self.encoded, self.issame = load_bin(bin_path)
+            check_pair_count(bin_path, len(self.issame))
             self.paths = None
         else:
             if image_root is None or cls_label_path is None:
@@ -53,7 +54,7 @@ class FaceVerificationDataset(FaceImageDataset):
             self.image_root = image_root
             self.paths = [path for _, fields in rows for path in fields[:2]]
             self.line_numbers = [number for number, _ in rows for _ in range(2)]
-            self.issame = np.array([fields[2].strip().lower() in ("1", "true") for _, fields in rows])
+            self.issame = parse_issame(cls_label_path, rows)
             if len(rows[0][1]) == 5:
                 flag_columns = [(number, fields[3:]) for number, fields in rows]
         # Results are reported under this name: `set_name`, else the folder or .bin file name.
@@ -92,6 +93,29 @@ class FaceVerificationDataset(FaceImageDataset):
                 return handle.read()
         except OSError as error:
             raise PlscError(f"cannot read image: {error.strerror}") from None
+
+
+# The pair lists of PLSC's converter write 1/0; hand-made lists often write true/false. Anything
+# else ("yes", "2") is refused: reading it as "different" would silently corrupt the accuracy.
+ISSAME_VALUES = {"1": True, "true": True, "0": False, "false": False}
+
+
+def parse_issame(path, rows):
+    """The 3rd column of a pair list [(line number, fields)] -> bool [P]; only 1/true/0/false (any case)."""
+    issame = []
+    for number, fields in rows:
+        value = ISSAME_VALUES.get(fields[2].strip().lower())
+        if value is None:
+            raise PlscError(f"{path}:{number}: issame {fields[2].strip()!r} is not 1, true, 0 or false")
+        issame.append(value)
+    check_pair_count(path, len(issame))
+    return np.array(issame, dtype=bool)
+
+
+def check_pair_count(path, num_pairs):
+    """One pair cannot be split into a threshold fold and a test fold; zero pairs score nothing."""
+    if num_pairs < 2:
+        raise PlscError(f"{path}: {num_pairs} pair(s); k-fold verification needs at least 2")
 
 
 def flags_from_columns(path, rows):

@@ -11,7 +11,8 @@ import numpy as np
 
 from plsc.data import verification_bin
 from plsc.data.recordio import RecordWriter, pack_record
-from plsc.data.synthetic import make_identity, render_face
+from plsc.data.synthetic.identity import make_identity
+from plsc.data.synthetic.render import render_face
 from plsc.data.synthetic.streams import pair_image_rng, pair_plan_rng, train_image_rng
 
 

@@ -5,8 +5,9 @@ Layout written under `out_dir` (t = target in lower case), as in the public rele
   meta/{t}_face_tid_mid.txt               "name template_id media_id" per image
   meta/{t}_name_5pts_score.txt            "name x1 y1 ... x5 y5 faceness" per image, same order
   meta/{t}_template_pair_label.txt        "template1 template2 label" (1 = same subject)
-  meta/{t}_1N_gallery_G1.csv, _G2.csv, meta/{t}_1N_probe_mixed.csv  (header, one row per image)
-Each subject's first template is its gallery template (subjects alternate between G1 and G2);
+  meta/{t}_1N_gallery_G1.csv, _G2.csv, meta/{t}_1N_probe_mixed.csv  (header, one row per image;
+                                          IJB-B names its two galleries S1 and S2)
+Each subject's first template is its gallery template (subjects alternate between the two galleries);
 all its other templates are probes, so a probe is mated in one gallery and non-mated in the other.
 """
 import itertools
@@ -15,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from plsc.data.synthetic import make_identity, render_face
+from plsc.data.synthetic.identity import make_identity
+from plsc.data.synthetic.render import render_face
 from plsc.data.synthetic.streams import stream_rng
 from plsc.errors import PlscError
 
@@ -124,12 +126,13 @@ def write_synthetic_ijbc(out_dir, num_subjects=8, templates_per_subject=3, media
     _write_lines(root / "meta" / f"{prefix}_template_pair_label.txt", (" ".join(map(str, p)) for p in pairs))
 
     subject_ids = {subject: 1000 + subject for subject in range(num_subjects)}
-    csv_rows = {"G1": [], "G2": [], "probe": []}
+    first, second = ("S1", "S2") if prefix == "ijbb" else ("G1", "G2")
+    csv_rows = {first: [], second: [], "probe": []}
     for template, subject in sorted(subject_of_template.items()):
         is_gallery = (template - 1) % templates_per_subject == 0
-        part = ("G1" if subject % 2 == 0 else "G2") if is_gallery else "probe"
+        part = (first if subject % 2 == 0 else second) if is_gallery else "probe"
         csv_rows[part] += [f"{template},{subject_ids[subject]},img/{name}" for name in images_of_template[template]]
-    file_names = {"G1": "1N_gallery_G1", "G2": "1N_gallery_G2", "probe": "1N_probe_mixed"}
+    file_names = {first: f"1N_gallery_{first}", second: f"1N_gallery_{second}", "probe": "1N_probe_mixed"}
     for part, lines in csv_rows.items():
         _write_lines(root / "meta" / f"{prefix}_{file_names[part]}.csv", [ONE_TO_N_HEADER, *lines])
     return root

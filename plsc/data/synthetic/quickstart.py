@@ -55,7 +55,7 @@ def folder_sets(root, request):
 
 def recordio_sets(root, request):
     """The training images as a face-release `.rec` (same pictures as the training folder)."""
-    from plsc.data.synthetic_formats import write_recordio
+    from plsc.data.synthetic.formats import write_recordio
 
     rec_dir = os.path.join(root, "train_rec")
     seed, num_classes, images_per_class = request["seed"], request["num_classes"], request["images_per_class"]
@@ -69,11 +69,11 @@ def recordio_sets(root, request):
 
 def bin_sets(root, request):
     """Three verification `.bin` files, each of `num_pairs` pairs with its own seed and identities."""
-    from plsc.data.synthetic_formats import write_bin
+    from plsc.data.synthetic.formats import write_bin
 
     bin_dir = os.path.join(root, "bin")
     seed, num_pairs = request["seed"], request["num_pairs"]
-    # Every pair takes two fresh identities (synthetic_formats.pair_plan).
+    # Every pair takes two fresh identities (formats.pair_plan).
     if 2 * num_pairs > BIN_IDENTITY_RANGE:
         raise PlscError(f"num_pairs {num_pairs} needs more than the {BIN_IDENTITY_RANGE} identities "
                         f"of a synthetic .bin set")
@@ -92,8 +92,31 @@ def bin_sets(root, request):
                          write)]
 
 
+# The fairness sets keep the group generator's own seed: the same pictures whatever the training seed.
+FAIRNESS_SEED = 0
+
+
+def fairness_sets(root, request):
+    """Per-group `.bin` pair sets (`fairness/pairs/<group>.bin`) and a group-labelled identity folder
+    (`fairness/folder/` with label.txt and groups.txt), for GroupVerification, InstanceFairness, Recall."""
+    from plsc.data.synthetic.fairness import DEFAULT_GROUPS, GROUP_FILE_NAME, ensure_fairness_data
+
+    fairness_dir = os.path.join(root, "fairness")
+    parameters = {"kind": "fairness", "render_version": RENDER_VERSION, "seed": FAIRNESS_SEED,
+                  "groups": list(DEFAULT_GROUPS)}
+    files = ([f"pairs/{group}.bin" for group in DEFAULT_GROUPS]
+             + ["folder/label.txt", f"folder/{GROUP_FILE_NAME}"])
+
+    def write():
+        paths = ensure_fairness_data(fairness_dir, seed=FAIRNESS_SEED)
+        return {"groups": list(paths["bins"])}
+
+    return [SyntheticSet("fairness", fairness_dir, parameters, tuple(files),
+                         f"synthetic fairness sets (groups {', '.join(DEFAULT_GROUPS)}) -> {fairness_dir}", write)]
+
+
 # Config `SyntheticData.formats` entries -> the sets they stand for.
-FORMATS = {"folder": folder_sets, "rec": recordio_sets, "bin": bin_sets}
+FORMATS = {"folder": folder_sets, "rec": recordio_sets, "bin": bin_sets, "fairness": fairness_sets}
 
 
 def ensure_quickstart_data(root, num_classes, images_per_class, num_pairs, seed=0, num_verification_identities=None,

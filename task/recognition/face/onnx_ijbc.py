@@ -5,7 +5,11 @@
 
 Steps: read the protocol (meta/), align every loose crop with its 5 landmarks in worker processes,
 embed each image and its mirror image, pool templates (media means summed, L2-normalised), score
-the template pairs and print TAR at FAR 1e-6 .. 1e-1 (x 100, like PLSC). Writes to
+the template pairs and print TAR at FAR 1e-6 .. 1e-1 (x 100, like PLSC), then run the 1:N search of
+the mixed probes. Both follow insightface's evaluation conventions by default (the ones published
+figures use): TAR at the ROC point nearest in FAR, and 1:N over the two galleries joined into one;
+`--tar-convention at_most` and `--one-to-n-convention open_set` select plsc's stricter rules. Every
+table and results.json name the convention used. Writes to
 {result-dir}/{job}/: features.npz (the features and their cache key in one file), {target}.npy (pair scores),
 roc.png and results.json. A user error (missing meta file, unreadable image, bad model) is one line
 on stderr and exit code 1.
@@ -31,7 +35,7 @@ from onnx_helper import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD, OnnxFaceModel  # 
 from plsc.data.align import read_aligned  # noqa: E402
 from plsc.errors import PlscError  # noqa: E402
 from plsc.metrics import ijb  # noqa: E402
-from plsc.metrics.roc import DEFAULT_FARS, roc_curve, tar_at_far  # noqa: E402
+from plsc.metrics.roc import DEFAULT_FARS, TAR_CONVENTIONS, roc_curve, tar_at_far  # noqa: E402
 
 PROG = "onnx_ijbc.py"
 RANKS = (1, 5, 10)
@@ -58,6 +62,14 @@ def parse_args(argv=None):
                         help="weight image features by the face detector's score (D1)")
     parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=True,
                         help="add the mirror image's embedding (F1)")
+    parser.add_argument("--tar-convention", default="insightface", choices=tuple(TAR_CONVENTIONS),
+                        help="insightface: ROC point nearest in FAR (published figures); "
+                             "at_most: best TAR with FAR <= target")
+    parser.add_argument("--one-to-n-convention", default="insightface", choices=tuple(ijb.ONE_TO_N_CONVENTIONS),
+                        help="insightface: galleries joined, threshold from non-mate scores of mated probes "
+                             "(published figures); open_set: each gallery alone, rank 1 required")
+    parser.add_argument("--skip-1n", action="store_true",
+                        help="run the 1:1 protocol only (otherwise a missing 1:N csv is an error)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.num_workers < 0:
         parser.error("--batch-size must be >= 1 and --num-workers >= 0")
@@ -194,9 +206,15 @@ def verification_table(job, tar):
 
 
 def identification_table(results):
+    """The 1:N figures as a table: one row for insightface's joined gallery, one per gallery + mean for open_set."""
     header = ["Gallery", *(f"rank-{k}" for k in RANKS), *(f"TPIR@FPIR={f:g}" for f in FPIRS)]
-    rows = [[name, *(percent(results[name]["cmc"][k]) for k in RANKS),
-             *(percent(results[name]["tpir"][f]) for f in FPIRS)] for name in ("G1", "G2", "mean")]
+    if results["convention"] == "insightface":
+        names, rows_of = [results["galleries"]], {results["galleries"]: results}
+    else:
+        names = [name for name in results if name != "convention"]
+        rows_of = results
+    rows = [[name, *(percent(rows_of[name]["cmc"][k]) for k in RANKS),
+             *(percent(rows_of[name]["tpir"][f]) for f in FPIRS)] for name in names]
     return format_table(header, rows)
 
 
@@ -230,7 +248,7 @@ def _json_ready(value):
 # ---- main --------------------------------------------------------------------------------------
 
 def evaluate(args):
-    protocol = ijb.read_ijb_protocol(args.image_path, args.target)
+    protocol = ijb.read_ijb_protocol(args.image_path, args.target, one_to_n=not args.skip_1n)
     if not protocol.image_names or not len(protocol.labels):
         raise PlscError(f"{args.image_path}/meta: the {args.target} protocol lists no images or no pairs")
     model = OnnxFaceModel(args.model_root, batch_size=2 * args.batch_size,
@@ -253,15 +271,19 @@ def evaluate(args):
         scores = ijb.verification_scores(template_ids, template_features, protocol.pairs[:, 0],
                                          protocol.pairs[:, 1], progress=progress)
     np.save(result_dir / f"{args.target}.npy", scores)
-    tar = tar_at_far(scores, protocol.labels, DEFAULT_FARS)
+    tar = tar_at_far(scores, protocol.labels, DEFAULT_FARS, convention=args.tar_convention)
     plot_roc(scores, protocol.labels, job, result_dir / "roc.png")
-    print(f"{args.target} 1:1 verification, TAR (%) at FAR:")
+    print(f"{args.target} 1:1 verification, TAR (%) at FAR [{args.tar_convention}: "
+          f"{TAR_CONVENTIONS[args.tar_convention]}]:")
     print(verification_table(job, tar))
-    results = {"job": job, "target": args.target, "model": str(model.path), "tar_at_far": tar}
+    results = {"job": job, "target": args.target, "model": str(model.path), "tar_at_far": tar,
+               "tar_convention": args.tar_convention}
 
     if protocol.one_to_n:
-        results["one_to_n"] = ijb.one_to_n(template_ids, template_features, protocol.one_to_n, RANKS, FPIRS)
-        print(f"{args.target} 1:N identification, mixed probes (%):")
+        results["one_to_n"] = ijb.one_to_n(template_ids, template_features, protocol.one_to_n, RANKS, FPIRS,
+                                           convention=args.one_to_n_convention)
+        print(f"{args.target} 1:N identification, mixed probes (%) [{args.one_to_n_convention}: "
+              f"{ijb.ONE_TO_N_CONVENTIONS[args.one_to_n_convention]}]:")
         print(identification_table(results["one_to_n"]))
     (result_dir / "results.json").write_text(json.dumps(_json_ready(results), indent=1))
     print(f"results in {result_dir}")
