@@ -88,6 +88,56 @@ class ToCHWImage:
         return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
+@TRANSFORMS.register("ColorJitter")
+class ColorJitter:
+    """FFEM's colour augmentation on an RGB uint8 [H, W, 3] image, in TensorFlow's order and ranges:
+    hue shifted by up to +-`hue` of the colour circle, `brightness` added (on a 0..1 scale) up to
+    +-brightness, contrast scaled by a factor in `contrast` around each channel's mean."""
+
+    def __init__(self, hue=0.1, brightness=0.1, contrast=(0.9, 1.1), prob=1.0):
+        if hue < 0 or hue > 0.5 or brightness < 0 or len(contrast) != 2 or not 0 <= contrast[0] <= contrast[1]:
+            raise PlscError(f"ColorJitter: need 0 <= hue <= 0.5, brightness >= 0, contrast [low, high] with "
+                            f"0 <= low <= high; got {hue}, {brightness}, {list(contrast)}")
+        self.hue, self.brightness, self.contrast, self.prob = float(hue), float(brightness), tuple(contrast), prob
+
+    def __call__(self, image, rng):
+        if rng.random() >= self.prob:
+            return image
+        hue_shift, brightness, contrast = (rng.uniform(-self.hue, self.hue), rng.uniform(-self.brightness, self.brightness),
+                                           rng.uniform(*self.contrast))
+        # In float32 OpenCV's hue is in degrees, and the round trip does not lose the uint8 steps.
+        hsv = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = np.mod(hsv[..., 0] + hue_shift * 360.0, 360.0)
+        rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        rgb = rgb + brightness
+        mean = rgb.mean(axis=(0, 1), keepdims=True)
+        rgb = (rgb - mean) * contrast + mean
+        return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@TRANSFORMS.register("Cutout")
+class Cutout:
+    """With probability `prob`, fill a random square (side 1..`max_size` px, centre anywhere, clipped to
+    the image) of an [H, W, C] image with one random constant value (FFEM: side up to 38, half the time)."""
+
+    def __init__(self, max_size=38, prob=0.5):
+        if int(max_size) < 1 or not 0.0 <= prob <= 1.0:
+            raise PlscError(f"Cutout: max_size ({max_size}) must be >= 1 and prob ({prob}) in [0, 1]")
+        self.max_size, self.prob = int(max_size), float(prob)
+
+    def __call__(self, image, rng):
+        if rng.random() >= self.prob:
+            return image
+        height, width = image.shape[:2]
+        side = int(rng.integers(1, self.max_size + 1))
+        centre_y, centre_x = int(rng.integers(0, height)), int(rng.integers(0, width))
+        top, left = max(0, centre_y - side // 2), max(0, centre_x - side // 2)
+        image = image.copy()
+        fill = rng.integers(0, 256) if image.dtype == np.uint8 else rng.uniform(float(image.min()), float(image.max()))
+        image[top:min(height, top + side), left:min(width, left + side)] = fill
+        return image
+
+
 class Compose:
     """The ops of a `transform_ops:` list, applied in order."""
 

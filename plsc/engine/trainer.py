@@ -105,6 +105,8 @@ class Trainer:
             if self.evaluator is not None and "evaluator" in extra:
                 self.evaluator.set_state_dict(extra["evaluator"])
             self.task.set_state_dict(extra)
+            if "lr_schedule" in extra and hasattr(self.schedule, "set_state_dict"):
+                self.schedule.set_state_dict(extra["lr_schedule"])
             self._keep_best_on_disk()
             self._adapt_position_to_batch_size()
             self.logger.info(f"resumed from {glob.checkpoint} at epoch {self.state['epoch'] + 1}, "
@@ -219,7 +221,8 @@ class Trainer:
         sampler = self.train_loader.batch_sampler
         dataset = self.train_loader.dataset if hasattr(self.train_loader, "dataset") else sampler.dataset
         last_eval_step = None
-        while self.state["epoch"] < self.epochs and self.state["global_step"] < self.total_steps:
+        while (self.state["epoch"] < self.epochs and self.state["global_step"] < self.total_steps
+               and not self.state.get("stop_early")):
             epoch = self.state["epoch"]
             skip = self.state["batches_done_in_epoch"]
             sampler.set_epoch(epoch, skip_batches=skip * self.accum_steps)
@@ -244,7 +247,7 @@ class Trainer:
                 if self._eval_due(epoch_end=False):
                     self.evaluate()
                     last_eval_step = self.state["global_step"]
-                if self.state["global_step"] >= self.total_steps:
+                if self.state["global_step"] >= self.total_steps or self.state.get("stop_early"):
                     break
                 timer.lap()
             if self.state["batches_done_in_epoch"] >= self.steps_per_epoch:
@@ -285,6 +288,8 @@ class Trainer:
         """Checkpoint `slot` (latest, best_model, epoch_N) with everything a resume needs."""
         extra = {"evaluator": self.evaluator.state_dict()} if self.evaluator is not None else {}
         extra.update(self.task.state_dict())
+        if hasattr(self.schedule, "state_dict"):  # schedules with state of their own (ReduceOnPlateau)
+            extra["lr_schedule"] = self.schedule.state_dict()
         rank_state = {**self.task.rank_state(), "paddle_rng": paddle_rng_state()}
         path = self.checkpoints.save(slot, self.state, self.task.model_state(), self.task.tables, self.optimizer,
                                      self.amp.scaler, extra, rank_state)
@@ -304,6 +309,12 @@ class Trainer:
         if self.state["best_metric"] is None or primary["metric"] > self.state["best_metric"]:
             self.state["best_metric"] = primary["metric"]
             self.save("best_model")
+        # A schedule that follows the evaluation (ReduceOnPlateau) may lower the LR or end the run.
+        on_evaluation = getattr(self.schedule, "on_evaluation", None)
+        if on_evaluation is not None and on_evaluation(primary["metric"]):
+            self.state["stop_early"] = True
+            self.logger.info(f"stopping early at global step {self.state['global_step']}: no better "
+                             f"{next(iter(results))} accuracy for the schedule's stop_patience evaluations")
         return results
 
 

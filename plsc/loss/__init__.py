@@ -7,6 +7,7 @@ from plsc.loss.inputs import LossInputs, call_loss
 from plsc.loss.l2_softmax import L2Softmax
 from plsc.loss.magface import MagFace
 from plsc.loss.margin import MarginLoss
+from plsc.loss.mixfair import MixFairCosFace
 
 __all__ = ["AdaFace", "CenterLoss", "CurricularFace", "GroupLoss", "L2Softmax", "LossInputs", "MagFace",
-           "MarginLoss", "call_loss"]
+           "MarginLoss", "MixFairCosFace", "call_loss"]

@@ -1,2 +1,2 @@
 """Evaluation metrics, registered by the names `Metric.Eval` uses."""
-from plsc.metrics import fairness, recall, verification  # noqa: F401
+from plsc.metrics import fairness, mixfairface, recall, verification  # noqa: F401

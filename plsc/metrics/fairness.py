@@ -35,10 +35,14 @@ def skewed_error_ratio(accuracies):
     return 1.0 if worst == 0 else float("inf")
 
 
-def group_accuracy_summary(accuracies):
-    """{group: accuracy} -> mean, population std across groups (RFW's STD) and SER."""
+def group_accuracy_summary(accuracies, ddof=0):
+    """{group: accuracy} -> mean, std across groups and SER.
+
+    ddof 0 is the population std (RFW's STD); MixFairFace reports the sample std (ddof 1).
+    """
     values = np.asarray(list(accuracies.values()), dtype=np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std()), "ser": skewed_error_ratio(values)}
+    std = float(values.std(ddof=ddof)) if values.size > ddof else float("nan")
+    return {"mean": float(values.mean()), "std": std, "ser": skewed_error_ratio(values)}
 
 
 def open_pair_set(path, name):
@@ -57,6 +61,10 @@ def open_pair_set(path, name):
 @METRICS.register("GroupVerification")
 class GroupVerification:
     """Per-group 10-fold verification accuracy (RFW); with `masked`, also with a mask on one image per pair."""
+
+    # The std across groups: population (RFW's own STD); a variant may use the sample std.
+    std_ddof = 0
+    protocol = "RFW"
 
     def __init__(self, groups=None, flip_test=True, nrof_folds=10, masked=False, mask_seed=0):
         if not groups or not hasattr(groups, "items"):
@@ -86,21 +94,22 @@ class GroupVerification:
         columns = ["group", "pairs", "accuracy", "std", "threshold"]
         rows = [[name, len(self.pair_sets[name].issame), f["accuracy"], f["std"], f["threshold"]]
                 for name, f in plain.items()]
-        summary = _summary_lines("", plain)
+        summary = _summary_lines("", plain, self.std_ddof)
         series = {"unmasked": {name: f["accuracy"] for name, f in plain.items()}}
         if self.masked:
             columns += ["masked accuracy", "masked std"]
             for row, name in zip(rows, plain):
                 row += [masked[name]["accuracy"], masked[name]["std"]]
-            summary.update(_summary_lines("masked ", masked))
+            summary.update(_summary_lines("masked ", masked, self.std_ddof))
             series["masked"] = {name: f["accuracy"] for name, f in masked.items()}
-        return {"title": f"GroupVerification: {self.nrof_folds}-fold accuracy per group", "columns": columns,
+        return {"title": f"{type(self).__name__} ({self.protocol}): {self.nrof_folds}-fold accuracy per group",
+                "columns": columns,
                 "rows": rows, "summary": summary, "chart": {"ylabel": "accuracy", "series": series}}
 
 
-def _summary_lines(prefix, figures):
+def _summary_lines(prefix, figures, ddof=0):
     """{group: figures} -> the report's summary lines: mean accuracy, std across groups, SER."""
-    summary = group_accuracy_summary({name: f["accuracy"] for name, f in figures.items()})
+    summary = group_accuracy_summary({name: f["accuracy"] for name, f in figures.items()}, ddof)
     return {f"{prefix}mean accuracy": summary["mean"], f"{prefix}std across groups": summary["std"],
             f"{prefix}SER": summary["ser"]}
 

@@ -5,9 +5,10 @@ import paddle.nn as nn
 from plsc.errors import PlscError
 from plsc.models.layers import (ConvBN, FixedScaleBatchNorm1D, batch_norm2d, check_data_format, conv2d,
                                 init_normal, to_layout, to_nchw)
+from plsc.models.mixfair import build_adapter
 from plsc.registry import MODELS
 
-# Stage depths of the published models (PLSC_FACTS section 2).
+# Stage depths of the published models (insightface's and PLSC's iresnet).
 DEPTHS = {
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
@@ -105,10 +106,14 @@ def output_spatial_size(input_size, stem_stride, num_stages):
 
 
 class IResNet(nn.Layer):
-    """Generic IResNet: images [N, 3, H, W] in [-1, 1] -> embedding [N, num_features] (BN output)."""
+    """Generic IResNet: images [N, 3, H, W] in [-1, 1] -> embedding [N, num_features] (BN output).
+
+    `mixfair` ({alpha: 0.5}) adds the MixFair Adapter (plsc.models.mixfair): in training the last
+    feature map, before the final BN, is also mixed across the batch and embedded.
+    """
 
     def __init__(self, *, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc",
-                 layers=(1, 1, 1, 1), widths=WIDTHS, stem_stride=1, input_size=112):
+                 layers=(1, 1, 1, 1), widths=WIDTHS, stem_stride=1, input_size=112, mixfair=None):
         super().__init__()
         self.data_format = check_data_format(data_format)
         layers, widths = tuple(layers), tuple(widths)
@@ -125,6 +130,7 @@ class IResNet(nn.Layer):
                                       for in_width, width, depth in zip(in_widths, widths, layers)])
         self.final_norm = batch_norm2d(widths[-1], data_format)
         self.embedding = OUTPUT_LAYERS[output_layer](widths[-1], spatial_size, num_features, dropout)
+        self.mixfair_adapter = build_adapter(mixfair)
 
         for layer in self.sublayers():
             if isinstance(layer, nn.Conv2D):
@@ -132,8 +138,14 @@ class IResNet(nn.Layer):
 
     def forward(self, images):
         """images: [N, 3, H, W] float32 (always NCHW) -> [N, num_features]."""
-        features = self.final_norm(self.stages(self.stem(to_layout(images, self.data_format))))
-        return self.embedding(to_nchw(features, self.data_format))
+        feature_map = self.stages(self.stem(to_layout(images, self.data_format)))
+        if self.mixfair_adapter is None:
+            return self.output_layer(feature_map)
+        return self.mixfair_adapter(feature_map, self.output_layer)
+
+    def output_layer(self, feature_map):
+        """The last feature map (backbone layout) -> embedding: final BN, flatten or GNAP, Linear, BN1D."""
+        return self.embedding(to_nchw(self.final_norm(feature_map), self.data_format))
 
 
 MODELS.register("IResNet")(IResNet)
@@ -141,9 +153,9 @@ MODELS.register("IResNet")(IResNet)
 
 def register_depth(depth):
     """Register `IResNet{depth}`: the generic IResNet with the published stage depths DEPTHS[depth]."""
-    def build(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc"):
+    def build(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc", mixfair=None):
         return IResNet(num_features=num_features, data_format=data_format, dropout=dropout,
-                       output_layer=output_layer, layers=DEPTHS[depth])
+                       output_layer=output_layer, layers=DEPTHS[depth], mixfair=mixfair)
 
     build.__name__ = f"iresnet{depth}"
     build.__doc__ = f"IResNet-{depth}, stages {'-'.join(map(str, DEPTHS[depth]))}."

@@ -143,3 +143,18 @@ def test_checkpoints_carry_the_evaluation_and_a_resume_never_worsens_best_model(
     resumed.train()
     assert os.readlink(output / "best_model") == best_target
     assert load_state(f"{checkpoint_prefix(output / 'best_model')}.pdstates")["best_metric"] == best["best_metric"]
+
+
+def test_a_plateau_schedule_ends_the_run_and_resumes_with_its_state(tmp_path, data_root):
+    # Learning rate 0: the held-out accuracy cannot improve after the first evaluation, so with
+    # stop_patience 2 the run stops after epoch 3 of 6, and the schedule's counters are checkpointed.
+    schedule = {"name": "ReduceOnPlateau", "learning_rate": 0.0, "patience": 1, "stop_patience": 2}
+    trainer = make_trainer(tmp_path, data_root, ["Global.epochs=6"], changes={"LRScheduler": schedule})
+    trainer.train()
+    assert trainer.state["epoch"] == 3 and trainer.state["stop_early"]
+    latest = tmp_path / "output" / "IResNet" / "latest"
+    saved = load_state(f"{checkpoint_prefix(latest)}.pdopt")["lr_schedule"]
+    assert saved["without_gain"] == 2
+    resumed = make_trainer(tmp_path, data_root, ["Global.epochs=6", f"Global.checkpoint={latest}"],
+                           changes={"LRScheduler": schedule})
+    assert resumed.schedule.state_dict() == saved

@@ -1,2 +1,3 @@
 """Dataset classes, registered by the names configs use."""
-from plsc.data.dataset import face_identification, face_verification, mx_record  # noqa: F401
+from plsc.data.dataset import (balanced_face, boxed_list, face_identification, face_verification,  # noqa: F401
+                               mx_record)
