@@ -8,7 +8,6 @@ the groups differ). Prints wall time, the process's peak resident memory and the
 import argparse
 import os
 import platform
-import resource
 import sys
 import time
 
@@ -19,27 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from plsc.metrics import fairness  # noqa: E402
 from plsc.metrics.recall import recall_at_k, split_gallery_probes, true_match_ranks  # noqa: E402
 from plsc.metrics.report import format_report  # noqa: E402
+from bench_embeddings import peak_rss_mib, synthetic_embeddings  # noqa: E402  (tools/ is this script's folder)
 
 GROUP_NOISE = {"group_a": 1.8, "group_b": 2.0, "group_c": 2.2, "group_d": 2.4}
-
-
-def peak_rss_mib():
-    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def synthetic_embeddings(num_images, num_identities, dim, seed):
-    """float32 [N, D] embeddings, labels [N] (shuffled) and {label: group}."""
-    rng = np.random.default_rng(seed)
-    groups = list(GROUP_NOISE)
-    group_of = {label: groups[label % len(groups)] for label in range(num_identities)}
-    labels = rng.permutation(np.arange(num_images) % num_identities)
-    noise = np.array([GROUP_NOISE[group_of[label]] for label in range(num_identities)], dtype=np.float32)
-    centres = rng.standard_normal((num_identities, dim), dtype=np.float32)
-    embeddings = rng.standard_normal((num_images, dim), dtype=np.float32)
-    embeddings *= noise[labels, None]
-    embeddings += centres[labels]
-    return embeddings, labels, group_of
 
 
 def main(argv=None):
@@ -54,7 +35,7 @@ def main(argv=None):
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, numpy {np.__version__}")
-    embeddings, labels, group_of = synthetic_embeddings(args.images, args.identities, args.dim, args.seed)
+    embeddings, labels, group_of = synthetic_embeddings(args.images, args.identities, args.dim, args.seed, GROUP_NOISE)
     baseline = peak_rss_mib()
     block_rows = args.block_rows or fairness.default_block_rows(args.images)
     pairs = args.images * (args.images - 1) // 2

@@ -8,7 +8,6 @@ per identity, rows shuffled. Prints wall time and the process's peak resident me
 import argparse
 import os
 import platform
-import resource
 import sys
 import time
 
@@ -19,26 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from plsc.metrics import mixfairface  # noqa: E402
 from plsc.metrics.recall import leave_one_out_ranks, recall_at_k  # noqa: E402
 from plsc.metrics.report import format_report  # noqa: E402
+from bench_embeddings import peak_rss_mib, synthetic_embeddings  # noqa: E402  (tools/ is this script's folder)
 
 RACE_NOISE = {"African": 1.8, "Asian": 2.0, "Caucasian": 1.6, "Indian": 1.9}
-
-
-def peak_rss_mib():
-    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def synthetic_embeddings(num_images, num_identities, dim, seed):
-    """float32 [N, D], labels [N] (shuffled) and {label: race}."""
-    rng = np.random.default_rng(seed)
-    races = list(RACE_NOISE)
-    race_of = {label: races[label % len(races)] for label in range(num_identities)}
-    labels = rng.permutation(np.arange(num_images) % num_identities)
-    noise = np.array([RACE_NOISE[race_of[label]] for label in range(num_identities)], dtype=np.float32)
-    embeddings = rng.standard_normal((num_images, dim), dtype=np.float32)
-    embeddings *= noise[labels, None]
-    embeddings += rng.standard_normal((num_identities, dim), dtype=np.float32)[labels]
-    return embeddings, labels, race_of
 
 
 def main(argv=None):
@@ -51,7 +33,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, numpy {np.__version__}")
-    embeddings, labels, race_of = synthetic_embeddings(args.images, args.identities, args.dim, args.seed)
+    embeddings, labels, race_of = synthetic_embeddings(args.images, args.identities, args.dim, args.seed, RACE_NOISE)
     baseline = peak_rss_mib()
     print(f"{args.images} images x {args.dim}-d, {args.identities} identities; peak RSS before: {baseline:.0f} MiB")
 
