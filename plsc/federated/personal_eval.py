@@ -35,7 +35,8 @@ def one_to_one(veri_features, veri_labels, own_mask, fprs):
     scores = unit[own] @ unit.T
     genuine = veri_labels[own][:, None] == veri_labels[None, :]
     not_self = own[:, None] != np.arange(len(veri_labels))[None, :]
-    return tar_at_far(scores[not_self], genuine[not_self], fars=fprs)
+    # The ROC point with the largest FPR not above each target: the rule docs/federated.md's demo figures use.
+    return tar_at_far(scores[not_self], genuine[not_self], fars=fprs, convention="at_most")
 
 
 def one_to_n(gallery, gallery_labels, veri_features, veri_labels, fpirs):
