@@ -4,6 +4,7 @@ import paddle.nn as nn
 
 from plsc.errors import PlscError
 from plsc.models.layers import ConvBN, check_data_format, init_kaiming_fan_out, to_layout, to_nchw
+from plsc.models.mixfair import build_adapter
 from plsc.registry import MODELS
 
 EMBEDDING_CHANNELS = 512  # width of the 1x1 conv before the global depthwise conv, fixed for every scale
@@ -73,7 +74,7 @@ class MobileFaceNet(nn.Layer):
     PLSC's MobileFaceNet_base (insightface's "mbf", 0.45 GFLOPs).
     """
 
-    def __init__(self, *, num_features=512, data_format="NCHW", blocks=(1, 4, 6, 2), scale=1):
+    def __init__(self, *, num_features=512, data_format="NCHW", blocks=(1, 4, 6, 2), scale=1, mixfair=None):
         super().__init__()
         self.data_format = check_data_format(data_format)
         blocks = tuple(blocks)
@@ -96,23 +97,31 @@ class MobileFaceNet(nn.Layer):
             ConvBN(wide, EMBEDDING_CHANNELS, 1, data_format=data_format),
         )
         self.embedding = GDCEmbedding(EMBEDDING_CHANNELS, num_features, data_format)
+        # MixFair Adapter (plsc.models.mixfair): in training the last feature map, before the GDC
+        # output layer, is also mixed across the batch and embedded; no parameters of its own.
+        self.mixfair_adapter = build_adapter(mixfair)
         init_kaiming_fan_out(self)
 
     def forward(self, images):
         """images: [N, 3, 112, 112] float32 (always NCHW) -> [N, num_features]."""
-        return self.embedding(self.body(to_layout(images, self.data_format)))
+        feature_map = self.body(to_layout(images, self.data_format))
+        if self.mixfair_adapter is None:
+            return self.embedding(feature_map)
+        return self.mixfair_adapter(feature_map, self.embedding)
 
 
 MODELS.register("MobileFaceNet")(MobileFaceNet)
 
 
 @MODELS.register("MobileFaceNet_base")
-def mobilefacenet_base(*, num_features=512, data_format="NCHW"):
+def mobilefacenet_base(*, num_features=512, data_format="NCHW", mixfair=None):
     """MobileFaceNet, residual blocks 1-4-6-2, widths x2."""
-    return MobileFaceNet(num_features=num_features, data_format=data_format, blocks=(1, 4, 6, 2), scale=2)
+    return MobileFaceNet(num_features=num_features, data_format=data_format, blocks=(1, 4, 6, 2), scale=2,
+                         mixfair=mixfair)
 
 
 @MODELS.register("MobileFaceNet_large")
-def mobilefacenet_large(*, num_features=512, data_format="NCHW"):
+def mobilefacenet_large(*, num_features=512, data_format="NCHW", mixfair=None):
     """MobileFaceNet, residual blocks 2-8-12-4, widths x4."""
-    return MobileFaceNet(num_features=num_features, data_format=data_format, blocks=(2, 8, 12, 4), scale=4)
+    return MobileFaceNet(num_features=num_features, data_format=data_format, blocks=(2, 8, 12, 4), scale=4,
+                         mixfair=mixfair)

@@ -119,6 +119,28 @@ def test_adapter_keeps_mixed_embeddings_in_training_only():
     np.testing.assert_allclose(evaluated.numpy(), plain(images).numpy(), rtol=1e-6)
 
 
+def test_mobilefacenet_takes_the_adapter_too():
+    from plsc.registry import MODELS
+
+    paddle.seed(0)
+    model = MODELS.build("MobileFaceNet", num_features=16, mixfair={"alpha": 0.5})
+    paddle.seed(0)
+    plain = MODELS.build("MobileFaceNet", num_features=16)
+    assert set(model.state_dict()) == set(plain.state_dict())
+    images = paddle.to_tensor(np.random.default_rng(0).uniform(-1, 1, (4, 3, 112, 112)).astype(np.float32))
+    model.train()
+    embeddings = model(images)
+    mixed, permutation = model.mixfair_adapter.outputs
+    # The mixed embedding is the output layer on alpha k + (1 - alpha) k[p] of the same feature maps.
+    feature_map = model.body(images)
+    expected = model.embedding(0.5 * feature_map + 0.5 * paddle.gather(feature_map, permutation, axis=0))
+    assert mixed.shape == embeddings.shape == [4, 16]
+    np.testing.assert_allclose(mixed.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+    model.eval()
+    model(images)
+    assert model.mixfair_adapter.outputs == (None, None)
+
+
 def test_bad_settings_are_one_line_errors():
     with pytest.raises(PlscError, match="Model.mixfair.beta"):
         tiny_iresnet(mixfair={"beta": 0.5})

@@ -98,9 +98,11 @@ def test_kaiming_fan_out_init(base):
 def test_constructor_contract():
     named_sizes = [("num_features", 512, inspect.Parameter.KEYWORD_ONLY),
                    ("data_format", "NCHW", inspect.Parameter.KEYWORD_ONLY)]
+    mixfair = [("mixfair", None, inspect.Parameter.KEYWORD_ONLY)]  # the optional MixFair Adapter
     # The generic net defaults to the paper's: residual blocks 1-4-6-2 at width scale 1.
     generic = named_sizes + [("blocks", (1, 4, 6, 2), inspect.Parameter.KEYWORD_ONLY),
-                             ("scale", 1, inspect.Parameter.KEYWORD_ONLY)]
+                             ("scale", 1, inspect.Parameter.KEYWORD_ONLY)] + mixfair
+    named_sizes = named_sizes + mixfair
     for name, expected in [("MobileFaceNet", generic), ("MobileFaceNet_base", named_sizes),
                            ("MobileFaceNet_large", named_sizes)]:
         parameters = list(inspect.signature(MODELS.get(name)).parameters.values())
