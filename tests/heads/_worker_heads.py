@@ -6,7 +6,6 @@ both sides run the very same code; each saves per step the loss, the gradient of
 gradient of its shard's sampled rows (class layer and loss tables) and the running statistics.
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -95,15 +94,7 @@ def run_setting(name, batch_world):
     return results
 
 
-def main(out_dir):
-    from plsc import distributed  # first: plsc sets the CPU thread variables before Paddle loads
-
-    distributed.init()
-    for name in SETTINGS:
-        for step, result in enumerate(run_setting(name, distributed.world_size())):
-            np.savez(Path(out_dir) / f"{name}_step{step}_rank{distributed.rank()}.npz", **result)
-
-
 if __name__ == "__main__":
-    Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
-    main(sys.argv[1])
+    from tests.multirank_worker import save_every_setting
+
+    save_every_setting(sys.argv[1], SETTINGS, run_setting)

@@ -6,7 +6,6 @@ so both sides run the same code. Each rank's permutation mixes its own rows only
 the one-process run uses the same block-wise permutation.
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -75,15 +74,7 @@ def run_setting(name, world):
     return results
 
 
-def main(out_dir):
-    from plsc import distributed  # first: plsc sets the CPU thread variables before Paddle loads
-
-    distributed.init()
-    for name in SETTINGS:
-        for step, result in enumerate(run_setting(name, distributed.world_size())):
-            np.savez(Path(out_dir) / f"{name}_step{step}_rank{distributed.rank()}.npz", **result)
-
-
 if __name__ == "__main__":
-    Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
-    main(sys.argv[1])
+    from tests.multirank_worker import save_every_setting
+
+    save_every_setting(sys.argv[1], SETTINGS, run_setting)
