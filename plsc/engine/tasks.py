@@ -124,7 +124,9 @@ class MAEPretrainTask:
         with amp.autocast():
             loss, prediction, mask = self.model(images)
         self._last = (images, prediction, mask)
-        loss = loss.astype("float32")
+        # The mean over the global batch, as the recognition loss is: the optimizer sums the dense
+        # gradients over ranks, so each rank's share must carry 1/world of its own batch's mean.
+        loss = distributed.all_reduce_sum_with_grad(loss.astype("float32")) / distributed.world_size()
         return loss, {"MAELoss": loss}
 
     def after_step(self, global_step):
