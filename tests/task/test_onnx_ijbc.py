@@ -223,3 +223,24 @@ def test_user_errors_exit_1_with_one_line(exported, ijbc, tmp_path):
 
     result = run_script("--model-root", tmp_path / "none.onnx", "--image-path", ijbc, "--result-dir", tmp_path)
     assert result.returncode == 1 and "none.onnx: ONNX model not found" in result.stderr
+
+
+@pytest.mark.slow
+def test_several_models_share_one_roc_picture(exported, ijbc, tmp_path):
+    """Two models (the same graph under two names): each gets its own results, and one PNG holds both
+    ROC curves; the curves' data are those of each model's own pair scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    second = tmp_path / "second.onnx"
+    shutil.copy(exported, second)
+    result = run_script("--model-root", exported, second, "--image-path", ijbc, "--result-dir", tmp_path,
+                        "--num-workers", 0, "--skip-1n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    picture = tmp_path / "roc_IJBC.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"\| IResNet .*\n", result.stdout) and re.search(r"\| second .*\n", result.stdout)
+    first_scores = np.load(tmp_path / "IResNet" / "IJBC.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "second" / "IJBC.npy"), first_scores)
+    refused = run_script("--model-root", exported, second, "--image-path", ijbc, "--job", "x")
+    assert refused.returncode == 1 and "--job names one model's results" in refused.stderr

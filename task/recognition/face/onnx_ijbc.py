@@ -11,8 +11,9 @@ figures use): TAR at the ROC point nearest in FAR, and 1:N over the two gallerie
 `--tar-convention at_most` and `--one-to-n-convention open_set` select plsc's stricter rules. Every
 table and results.json name the convention used. Writes to
 {result-dir}/{job}/: features.npz (the features and their cache key in one file), {target}.npy (pair scores),
-roc.png and results.json. A user error (missing meta file, unreadable image, bad model) is one line
-on stderr and exit code 1.
+roc.png and results.json. Several `--model-root` files are evaluated in turn, each under its own
+{job}, and {result-dir}/roc_{target}.png draws their ROC curves together. A user error (missing meta
+file, unreadable image, bad model) is one line on stderr and exit code 1.
 """
 import argparse
 import collections
@@ -45,7 +46,9 @@ CACHE_VERSION = 2
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--model-root", required=True, help="the ONNX model file")
+    parser.add_argument("--model-root", required=True, nargs="+",
+                        help="the ONNX model file; several models are evaluated in turn and their ROC curves "
+                             "share one picture, {result-dir}/roc_{target}.png")
     parser.add_argument("--image-path", required=True, help="IJB release folder holding meta/ and loose_crop/")
     parser.add_argument("--target", default="IJBC", choices=("IJBC", "IJBB"))
     parser.add_argument("--result-dir", default="./output")
@@ -218,15 +221,17 @@ def identification_table(results):
     return format_table(header, rows)
 
 
-def plot_roc(scores, labels, job, path):
+def plot_roc(curves, labels, path):
+    """One ROC line (TAR vs log FAR) per model: curves = [(job, pair scores [P])], labels [P]."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on a server
     import matplotlib.pyplot as plt
 
-    far, tar, _ = roc_curve(scores, labels)
     figure, axes = plt.subplots(figsize=(6, 4.5))
-    axes.semilogx(np.maximum(far, 1e-7), tar, label=job)
+    for job, scores in curves:
+        far, tar, _ = roc_curve(scores, labels)
+        axes.semilogx(np.maximum(far, 1e-7), tar, label=job)
     axes.set(xlim=(1e-6, 1.0), ylim=(0.0, 1.0), xlabel="False accept rate", ylabel="True accept rate",
              title="ROC on the template pairs")
     axes.grid(True, which="both", alpha=0.3)
@@ -248,10 +253,23 @@ def _json_ready(value):
 # ---- main --------------------------------------------------------------------------------------
 
 def evaluate(args):
+    """Every --model-root in turn; with several, their ROC curves in one picture. Returns [results]."""
+    if args.job and len(args.model_root) > 1:
+        raise PlscError("--job names one model's results; with several --model-root each is named after its file")
     protocol = ijb.read_ijb_protocol(args.image_path, args.target, one_to_n=not args.skip_1n)
     if not protocol.image_names or not len(protocol.labels):
         raise PlscError(f"{args.image_path}/meta: the {args.target} protocol lists no images or no pairs")
-    model = OnnxFaceModel(args.model_root, batch_size=2 * args.batch_size,
+    evaluated = [evaluate_model(args, protocol, path) for path in args.model_root]
+    if len(evaluated) > 1:
+        path = Path(args.result_dir) / f"roc_{args.target}.png"
+        plot_roc([(results["job"], scores) for results, scores in evaluated], protocol.labels, path)
+        print(f"ROC of all models: {path}")
+    return [results for results, _ in evaluated]
+
+
+def evaluate_model(args, protocol, model_path):
+    """One model's 1:1 (and 1:N) figures, written under {result-dir}/{job}/: (results, pair scores)."""
+    model = OnnxFaceModel(model_path, batch_size=2 * args.batch_size,
                           input_mean=args.input_mean, input_std=args.input_std)
     job = args.job or model.path.stem
     result_dir = Path(args.result_dir) / job
@@ -272,7 +290,7 @@ def evaluate(args):
                                          protocol.pairs[:, 1], progress=progress)
     np.save(result_dir / f"{args.target}.npy", scores)
     tar = tar_at_far(scores, protocol.labels, DEFAULT_FARS, convention=args.tar_convention)
-    plot_roc(scores, protocol.labels, job, result_dir / "roc.png")
+    plot_roc([(job, scores)], protocol.labels, result_dir / "roc.png")
     print(f"{args.target} 1:1 verification, TAR (%) at FAR [{args.tar_convention}: "
           f"{TAR_CONVENTIONS[args.tar_convention]}]:")
     print(verification_table(job, tar))
@@ -287,7 +305,7 @@ def evaluate(args):
         print(identification_table(results["one_to_n"]))
     (result_dir / "results.json").write_text(json.dumps(_json_ready(results), indent=1))
     print(f"results in {result_dir}")
-    return results
+    return results, scores
 
 
 def main(argv=None):
