@@ -10,6 +10,7 @@ from plsc.data.dataset.mx_record import MXRecordDataset
 from plsc.data.dataset.tools import images_2_mx_recordio
 from plsc.data.dataset.tools.images_2_mx_recordio import build_recordio, main
 from plsc.errors import PlscError
+from tests.data.images import write_image
 
 
 def parse_rec(directory):
@@ -32,16 +33,6 @@ def parse_rec(directory):
             labels = struct.unpack_from(f"<{flag}f", payload, 24) if flag else (label,)
             records[key] = (flag, labels, payload[24 + 4 * flag:])
     return records
-
-
-def write_image(path, size, seed, extension=".jpg"):
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    ok, encoded = cv2.imencode(extension, pixels)
-    assert ok
-    with open(path, "wb") as handle:
-        handle.write(encoded.tobytes())
-    return encoded.tobytes()
 
 
 @pytest.fixture

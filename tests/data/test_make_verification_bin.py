@@ -1,5 +1,4 @@
 """make_verification_bin: LFW pairs.txt and plain pair lists -> a .bin read by plsc and by a plain pickle.load."""
-import os
 import pickle
 
 import cv2
@@ -9,16 +8,7 @@ import pytest
 from plsc.data.dataset.face_verification import FaceVerificationDataset
 from plsc.data.dataset.tools.make_verification_bin import main, make_verification_bin
 from plsc.data.verification_bin import load_bin
-
-
-def write_face(path, seed, size=112):
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    ok, encoded = cv2.imencode(".jpg", pixels)
-    assert ok
-    with open(path, "wb") as handle:
-        handle.write(encoded.tobytes())
-    return encoded.tobytes()
+from tests.data.images import write_image
 
 
 @pytest.fixture
@@ -28,7 +18,7 @@ def lfw_like(tmp_path):
     files = {}
     for seed, (name, number) in enumerate([("Ann", 1), ("Ann", 2), ("Ann", 3), ("Bob", 1), ("Bob", 2), ("Cy", 1)]):
         relative = f"{name}/{name}_{number:04d}.jpg"
-        files[relative] = write_face(str(root / relative), seed)
+        files[relative] = write_image(str(root / relative), 112, seed)
     return root, files
 
 
@@ -54,7 +44,7 @@ def test_lfw_pairs_file(lfw_like, tmp_path):
 
 def test_plain_list_with_a_resized_image(lfw_like, tmp_path):
     root, files = lfw_like
-    write_face(str(root / "big.jpg"), 9, size=200)
+    write_image(str(root / "big.jpg"), 200, 9)
     pairs = tmp_path / "list.txt"
     pairs.write_text("Ann/Ann_0001.jpg Ann/Ann_0002.jpg 1\nbig.jpg Bob/Bob_0002.jpg false\n")
     messages = []

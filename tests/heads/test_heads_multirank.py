@@ -5,10 +5,9 @@ statistics advanced identically); here the same function runs in this single pro
 """
 from pathlib import Path
 
-import numpy as np
 import pytest
 from _worker_heads import ROWS_PER_RANK, SETTINGS, STEPS, run_setting
-from tests.conftest import launch
+from tests.multirank_worker import close, launch_and_collect
 
 WORLD = 2
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -17,14 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """{(setting, step): [rank 0 results, rank 1 results]} from one 2-rank launch."""
-    root = tmp_path_factory.mktemp("heads_2ranks")
-    launch(Path(__file__).with_name("_worker_heads.py"), [root / "out"], nproc=WORLD, log_dir=root / "log")
-    return {(name, step): [dict(np.load(root / "out" / f"{name}_step{step}_rank{rank}.npz")) for rank in range(WORLD)]
-            for name in SETTINGS for step in range(STEPS)}
-
-
-def close(actual, expected, rel=1e-5):
-    np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * max(np.abs(expected).max(), 1e-6))
+    return launch_and_collect(Path(__file__).with_name("_worker_heads.py"), tmp_path_factory.mktemp("heads_2ranks"), SETTINGS,
+                              STEPS, WORLD)
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))

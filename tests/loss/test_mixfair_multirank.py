@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _worker_mixfair import ROWS_PER_RANK, SETTINGS, STEPS, global_batch, run_setting
-from tests.conftest import launch
+from tests.multirank_worker import close, launch_and_collect
 from mixfair_reference import identity_bias, mixfair_cosface_loss
 
 WORLD = 2
@@ -13,14 +13,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mixfair_2ranks")
-    launch(Path(__file__).with_name("_worker_mixfair.py"), [root / "out"], nproc=WORLD, log_dir=root / "log")
-    return {(name, step): [dict(np.load(root / "out" / f"{name}_step{step}_rank{rank}.npz")) for rank in range(WORLD)]
-            for name in SETTINGS for step in range(STEPS)}
-
-
-def close(actual, expected, rel=1e-5):
-    np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * max(np.abs(expected).max(), 1e-6))
+    """{(setting, step): [rank 0 results, rank 1 results]} from one 2-rank launch."""
+    return launch_and_collect(Path(__file__).with_name("_worker_mixfair.py"), tmp_path_factory.mktemp("mixfair_2ranks"),
+                              SETTINGS, STEPS, WORLD)
 
 
 def test_one_process_matches_reference():
