@@ -130,7 +130,8 @@ def import_main(argv=None):
         "weights file for Global.pretrained_model, checking its embeddings against the source."))
     parser.add_argument("--arch", required=True,
                         help="arcface_torch network name: r18, r34, r50, r100, r200, mbf or mbf_large")
-    parser.add_argument("--source", required=True, help="the model: .onnx (unfolded export) or .pth")
+    parser.add_argument("--source", required=True,
+                        help="the model: .onnx (arcface_torch export or model-zoo file) or .pth")
     parser.add_argument("--out", required=True, help="plsc weights file to write (.pdparams)")
     args = parser.parse_args(argv)
 

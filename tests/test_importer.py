@@ -1,4 +1,5 @@
-"""plsc-import: an arcface_torch-named IResNet ONNX graph built here -> plsc weights that reproduce it."""
+"""plsc-import: IResNet ONNX graphs built here, arcface_torch-named or folded into the model-zoo layout
+-> plsc weights that reproduce them."""
 import numpy as np
 import onnx
 import onnxruntime
@@ -148,3 +149,136 @@ def test_name_maps_cover_every_plsc_parameter_once(arch):
     assert set(covered) - {"embedding.fc.bias"} <= names and names <= set(covered)
     sources = [prefix for _, prefix, _ in architecture.name_map]
     assert len(sources) == len(set(sources))
+
+
+def fold_batchnorms(model, fold_embedding=True, matmul_fc=False):
+    """`model` in the model-zoo layout, folded here as torch's eval-mode export does: every BN that reads a
+    conv's output (with `fold_embedding` also the BN after the Gemm) becomes part of that layer's weight
+    and bias, and tensors and nodes get numbered names. `matmul_fc` writes the Gemm as MatMul + Add."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # renaming below edits the nodes in place
+    stored = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    producer = {node.output[0]: node for node in model.graph.node}
+    foldable = ("Conv", "Gemm") if fold_embedding else ("Conv",)
+    folds = {node.input[0]: node for node in model.graph.node if node.op_type == "BatchNormalization"
+             and node.input[0] in producer and producer[node.input[0]].op_type in foldable}
+    folded_outputs = {bn.output[0] for bn in folds.values()}
+    nodes = []
+    for node in model.graph.node:
+        if node.output[0] in folded_outputs:
+            continue
+        if node.output[0] in folds:
+            node = fold_into(node, folds[node.output[0]], stored)
+        if matmul_fc and node.op_type == "Gemm":
+            nodes += gemm_as_matmul_add(node, stored)
+        else:
+            nodes.append(node)
+    initializers = []
+    for index, node in enumerate(nodes):
+        node.name = f"{node.op_type}_{index}"
+        for position, name in enumerate(node.input):
+            if name in stored:  # renamed by number, as torch names what it folded
+                node.input[position] = f"{1000 + len(initializers)}"
+                initializers.append(numpy_helper.from_array(stored[name], node.input[position]))
+    graph = helper.make_graph(nodes, "model_zoo_iresnet", model.graph.input, model.graph.output, initializers)
+    folded = helper.make_model(graph, opset_imports=model.opset_import)
+    onnx.checker.check_model(folded)
+    return folded
+
+
+def fold_into(node, bn, stored):
+    """A copy of the Conv / Gemm `node` with the BatchNormalization `bn` that reads it folded in."""
+    gamma, beta, mean, variance = (stored[name].astype(np.float64) for name in bn.input[1:])
+    epsilon = next((attribute.f for attribute in bn.attribute if attribute.name == "epsilon"), 1e-5)
+    scale = gamma / np.sqrt(variance + epsilon)
+    weight = stored[node.input[1]].astype(np.float64)
+    bias = stored[node.input[2]].astype(np.float64) if len(node.input) > 2 else np.zeros_like(mean)
+    # Rows are output channels in both a conv's OIHW weight and a transB Gemm's [out, in].
+    row_scale = scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    stored[f"{node.output[0]}.weight"] = (weight * row_scale).astype(np.float32)
+    stored[f"{node.output[0]}.bias"] = ((bias - mean) * scale + beta).astype(np.float32)
+    folded = onnx.NodeProto()
+    folded.CopyFrom(node)
+    del folded.input[:]
+    folded.input.extend([node.input[0], f"{node.output[0]}.weight", f"{node.output[0]}.bias"])
+    folded.output[0] = bn.output[0]
+    return folded
+
+
+def gemm_as_matmul_add(gemm, stored):
+    """Gemm(x, W, b, transB=1) as MatMul(x, W^T) + Add(b), as torch exports a Linear on a 3-D input."""
+    stored[f"{gemm.output[0]}.matrix"] = np.ascontiguousarray(stored[gemm.input[1]].T)
+    return [helper.make_node("MatMul", [gemm.input[0], f"{gemm.output[0]}.matrix"], [f"{gemm.output[0]}_mm"]),
+            helper.make_node("Add", [f"{gemm.output[0]}_mm", gemm.input[2]], [gemm.output[0]])]
+
+
+def onnx_embeddings(model, images):
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"data": images})[0]
+
+
+# The tiny IResNet's 19 BNs: the stem's, 3 per block, one per downsample, bn2 and the embedding BN. The
+# stem's, each block's bn2 and bn3 and the downsample BNs read a conv: 13 fold, 14 with the embedding BN.
+@pytest.mark.slow
+@pytest.mark.parametrize("fold_embedding, matmul_fc, num_folded",
+                         [(True, False, 14), (False, False, 13), (True, True, 14)])
+def test_model_zoo_graph_with_folded_batchnorm(tmp_path, fold_embedding, matmul_fc, num_folded):
+    unfolded = GraphBuilder(3).build()
+    folded = fold_batchnorms(unfolded, fold_embedding, matmul_fc)
+    images = np.random.default_rng(7).uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
+    expected = onnx_embeddings(folded, images)
+    # The test's folding is right: the folded graph computes what the unfolded one does.
+    assert np.max(np.abs(expected - onnx_embeddings(unfolded, images))) <= 1e-4 * np.max(np.abs(expected))
+    assert sum(node.op_type == "BatchNormalization" for node in folded.graph.node) == 19 - num_folded
+    path = tmp_path / "w600k_tiny.onnx"
+    onnx.save(folded, str(path))
+
+    messages = []
+    summary = import_backbone(path, TINY, tmp_path / "imported.pdparams", log=messages.append)
+    layout = f"model-zoo layout: {num_folded} of 19 BatchNorms folded into the conv / FC before them"
+    assert summary["layout"] == layout and summary["num_features"] == 32 and summary["difference"] <= 1e-4
+    assert messages[0].startswith(f"checked ({layout}): plsc vs onnxruntime embeddings differ by ")
+    state, weights_path = load_weights(str(tmp_path / "imported.pdparams"))
+    backbone = IResNet(num_features=32, layers=DEPTHS)
+    load_backbone_state(backbone, state, weights_path)
+    backbone.eval()
+    with paddle.no_grad():
+        actual = backbone(paddle.to_tensor(images)).numpy()
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * max(1.0, np.max(np.abs(expected)))
+
+
+@pytest.mark.slow
+def test_a_kept_batchnorm_computing_something_else_is_named_by_its_node(tmp_path):
+    path = tmp_path / "odd_zoo.onnx"
+    onnx.save(fold_batchnorms(GraphBuilder(0, bn_epsilon_overrides={"layer2.0.bn1": 0.5}).build()), str(path))
+    with pytest.raises(PlscError, match=r"first layer that differs is node BatchNormalization_\d+ \[layer2\.0\.bn1\] "
+                                        r"\(plsc stages\.1\.0\.residual\.0\)"):
+        import_backbone(path, TINY, tmp_path / "x.pdparams", log=lambda message: None)
+    assert not (tmp_path / "x.pdparams").exists()
+
+
+def test_model_zoo_graphs_plsc_cannot_read_are_one_line(tmp_path, capsys):
+    folded = fold_batchnorms(GraphBuilder(0).build())
+    # insightface's MXNet-era files scale the input inside the graph: (x - 127.5) * 0.0078125.
+    scaling = [helper.make_node("Sub", ["data", "mean"], ["centred"], name="minusscalar0"),
+               helper.make_node("Mul", ["centred", "scale"], ["scaled"], name="mulscalar0")]
+    folded.graph.initializer.extend([numpy_helper.from_array(np.array(127.5, np.float32), "mean"),
+                                     numpy_helper.from_array(np.array(0.0078125, np.float32), "scale")])
+    for node in folded.graph.node:
+        node.input[:] = ["scaled" if name == "data" else name for name in node.input]
+    nodes = scaling + list(folded.graph.node)
+    del folded.graph.node[:]
+    folded.graph.node.extend(nodes)
+    scaled_path = tmp_path / "scaled.onnx"
+    onnx.save(folded, str(scaled_path))
+    onnx.save(fold_batchnorms(GraphBuilder(0).build()), str(tmp_path / "tiny.onnx"))
+    expected = {scaled_path: f"{scaled_path}: node minusscalar0 is a Sub, which no arcface_torch r18 has: "
+                             f"plsc-import reads IResNet and MobileFaceNet graphs only",
+                # r18's second block reads like the graph's layer2.0 up to that block's downsample conv.
+                tmp_path / "tiny.onnx": f"{tmp_path / 'tiny.onnx'}: node Conv_15 is a Conv where r18 has "
+                                        f"layer2.0.bn1 (a BatchNormalization): is the architecture right?"}
+    for path, message in expected.items():
+        with pytest.raises(SystemExit) as exit_info:
+            import_main(["--arch", "r18", "--source", str(path), "--out", str(tmp_path / "w.pdparams")])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == f"plsc-import: error: {message}"
+    assert not (tmp_path / "w.pdparams").exists()

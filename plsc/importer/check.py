@@ -25,8 +25,9 @@ def _session(model_bytes):
     return onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
 
 
-def _layer_outputs_in_onnx(model, name_map):
-    """[(plsc layer, source prefix, ONNX value name)] for the mapped layers whose node the graph shows."""
+def locate_named_layers(model, name_map):
+    """[(plsc layer, source prefix, ONNX value name)] for the mapped layers whose node a graph with
+    arcface_torch's parameter names shows."""
     consumers = {}
     for node in model.graph.node:
         for name in node.input:
@@ -66,11 +67,13 @@ def _plsc_layer_outputs(backbone, layer_names, images):
     return captured
 
 
-def first_differing_layer(backbone, model, name_map, images, tolerance=TOLERANCE):
-    """(plsc layer, source name, difference) of the first mapped layer whose outputs differ, or None."""
+def first_differing_layer(backbone, model, located, images, tolerance=TOLERANCE):
+    """(plsc layer, source label, difference) of the first `located` layer whose outputs differ, or None.
+
+    located: [(plsc layer, source label, ONNX value name)] in forward order.
+    """
     import onnx
 
-    located = _layer_outputs_in_onnx(model, name_map)
     extended = onnx.ModelProto()
     extended.CopyFrom(model)
     known_outputs = {output.name for output in extended.graph.output}
@@ -80,19 +83,20 @@ def first_differing_layer(backbone, model, name_map, images, tolerance=TOLERANCE
     values = dict(zip([output.name for output in session.get_outputs()],
                       session.run(None, {session.get_inputs()[0].name: images})))
     plsc_outputs = _plsc_layer_outputs(backbone, [layer for layer, _, _ in located], images)
-    for plsc_layer, prefix, value in located:
+    for plsc_layer, label, value in located:
         expected, actual = values[value], plsc_outputs[plsc_layer]
         if expected.shape != actual.shape:
-            return plsc_layer, prefix, float("inf")
+            return plsc_layer, label, float("inf")
         difference = relative_difference(actual, expected)
         if difference > tolerance:
-            return plsc_layer, prefix, difference
+            return plsc_layer, label, difference
     return None
 
 
-def check_against_onnx(backbone, model, name_map, where, tolerance=TOLERANCE):
+def check_against_onnx(backbone, model, located, where, tolerance=TOLERANCE):
     """Embeddings of sample images from plsc and from onnxruntime agree within `tolerance`, else PlscError
-    naming the first layer that differs. Returns the embedding difference."""
+    naming the first of the `located` layers (see first_differing_layer) that differs. Returns the
+    embedding difference."""
     session = _session(model.SerializeToString())
     input_shape = session.get_inputs()[0].shape
     size = input_shape[-1] if isinstance(input_shape[-1], int) else 112
@@ -108,10 +112,10 @@ def check_against_onnx(backbone, model, name_map, where, tolerance=TOLERANCE):
     difference = relative_difference(actual, expected)
     if difference <= tolerance:
         return difference
-    culprit = first_differing_layer(backbone, model, name_map, images, tolerance)
+    culprit = first_differing_layer(backbone, model, located, images, tolerance)
     if culprit is None:
         raise PlscError(f"{where}: embeddings differ by {difference:.2e} (> {tolerance:g}) although every "
                         f"mapped layer agrees: the graph computes something outside the mapped layers")
-    plsc_layer, prefix, layer_difference = culprit
+    plsc_layer, label, layer_difference = culprit
     raise PlscError(f"{where}: embeddings differ by {difference:.2e} (> {tolerance:g}); the first layer that "
-                    f"differs is {prefix} (plsc {plsc_layer}), by {layer_difference:.2e}")
+                    f"differs is {label} (plsc {plsc_layer}), by {layer_difference:.2e}")

@@ -25,7 +25,7 @@ def embedding_size(architecture, source, where):
     name = f"{prefix}.running_mean"
     if name not in source:
         raise PlscError(f"{where}: no tensor {name}: not an arcface_torch network with its parameter names "
-                        f"(an ONNX export with BatchNorm folded into the convolutions, or renamed weights?)")
+                        f"(renamed weights?)")
     return int(np.asarray(source[name]).reshape(-1).size)
 
 
@@ -37,31 +37,36 @@ def build_plsc_backbone(architecture, num_features):
 class _Assigner:
     """Fills a plsc state dict from source tensors, checking names and shapes and recording what was used."""
 
-    def __init__(self, targets, source, where, arch_label):
+    def __init__(self, targets, source, where, arch_label, origins=None):
         self.targets, self.source, self.where, self.arch_label = targets, source, where, arch_label
+        self.origins = origins or {}
         self.state, self.used = {}, set()
 
     def take(self, name):
         if name not in self.source:
             raise PlscError(f"{self.where}: no tensor {name}: not an arcface_torch {self.arch_label}, or an export "
-                            f"that folded BatchNorm into the convolutions or renamed its weights")
+                            f"that renamed its weights")
         self.used.add(name)
         return np.asarray(self.source[name], dtype=np.float32)
 
     def put(self, plsc_name, value, source_name):
         expected = tuple(self.targets[plsc_name].shape)
         if value.size != int(np.prod(expected)) or (value.ndim > 1 and value.shape != expected):
-            raise PlscError(f"{self.where}: {source_name} has shape {list(value.shape)} but plsc's {plsc_name} of "
-                            f"{self.arch_label} needs {list(expected)}: is the architecture right?")
+            origin = f" ({self.origins[source_name]})" if source_name in self.origins else ""
+            raise PlscError(f"{self.where}: {source_name}{origin} has shape {list(value.shape)} but plsc's "
+                            f"{plsc_name} of {self.arch_label} needs {list(expected)}: is the architecture right?")
         self.state[plsc_name] = value.reshape(expected).astype(np.float32)
 
 
-def map_source_state(architecture, source, where, arch_label=None):
-    """Source tensors {arcface_torch name: array} -> (plsc backbone with them loaded, {plsc name: array})."""
+def map_source_state(architecture, source, where, arch_label=None, origins=None):
+    """Source tensors {arcface_torch name: array} -> (plsc backbone with them loaded, {plsc name: array}).
+
+    `origins` ({arcface_torch name: e.g. "ONNX node Conv_12"}) names where a tensor came from in errors.
+    """
     architecture = resolve_architecture(architecture)
     arch_label = arch_label or architecture.model_name
     backbone = build_plsc_backbone(architecture, embedding_size(architecture, source, where))
-    assigner = _Assigner(backbone.state_dict(), source, where, arch_label)
+    assigner = _Assigner(backbone.state_dict(), source, where, arch_label, origins)
     for plsc_layer, prefix, kind in architecture.name_map:
         if kind == "conv":
             assigner.put(f"{plsc_layer}.weight", assigner.take(f"{prefix}.weight"), f"{prefix}.weight")
@@ -74,8 +79,12 @@ def map_source_state(architecture, source, where, arch_label=None):
         elif kind == "linear":
             weight = assigner.take(f"{prefix}.weight")
             assigner.put(f"{plsc_layer}.weight", weight.T, f"{prefix}.weight")  # torch [out, in], paddle [in, out]
+            bias_name = f"{prefix}.bias"
             if f"{plsc_layer}.bias" in assigner.targets:
-                assigner.put(f"{plsc_layer}.bias", assigner.take(f"{prefix}.bias"), f"{prefix}.bias")
+                assigner.put(f"{plsc_layer}.bias", assigner.take(bias_name), bias_name)
+            elif bias_name in source and not np.any(source[bias_name]):
+                # A zero bias is no bias: a model-zoo graph's FC whose bias moved into the BN after it.
+                assigner.used.add(bias_name)
         elif kind == "fixed_bn":
             scale = assigner.take(f"{prefix}.weight")
             variance = assigner.take(f"{prefix}.running_var")

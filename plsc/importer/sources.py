@@ -1,12 +1,20 @@
 """Reading source networks: an ONNX export's initializers, an arcface_torch `.pth` state dict."""
 import os
-
-import numpy as np
+from collections import namedtuple
 
 from plsc.errors import PlscError
 
 # Prefix DistributedDataParallel adds to every name of a model saved without unwrapping it.
 DDP_PREFIX = "module."
+
+SourceReading = namedtuple("SourceReading", ["tensors", "model", "located", "origins", "layout"])
+SourceReading.__doc__ = """What plsc-import read from a source file.
+
+tensors: {arcface_torch name: float32 array}; model: the ONNX ModelProto (None for a .pth);
+located: [(plsc layer, source label, ONNX value name)] of the layers whose outputs the check can compare;
+origins: {arcface_torch name: where in the file it came from} or None when the names are the file's own;
+layout: how the source was read, for the user.
+"""
 
 
 def read_onnx_tensors(path):
