@@ -9,12 +9,12 @@ group's people do not change when other groups are added or left out.
     python -m plsc.data.synthetic.fairness --out DIR [--groups group_a group_b ...]
 """
 import argparse
-import json
 import os
 import sys
 
+from plsc.data.progress import NO_PROGRESS
 from plsc.data.synthetic.identity import GROUPS, make_identity
-from plsc.data.synthetic.quickstart import MANIFEST_NAME
+from plsc.data.synthetic.quickstart import SyntheticSet, ensure_sets
 from plsc.data.synthetic.render import RENDER_VERSION, render_face
 from plsc.data.synthetic.streams import check_seed, stream_rng
 from plsc.data.synthetic.writers import (VERIFICATION_IDENTITY_OFFSET, encode_image, plan_verification_pairs,
@@ -44,8 +44,9 @@ def group_identity_index(group, k):
     return FAIRNESS_IDENTITY_OFFSET + GROUPS.index(group) * GROUP_STRIDE + k
 
 
-def write_group_bin(out_path, group, num_identities, num_pairs, seed=0, jitter=1.0):
-    """An LFW-style `.bin` of `num_pairs` pairs (half positive) of `group`'s people; returns issame [P]."""
+def write_group_bin(out_path, group, num_identities, num_pairs, seed=0, jitter=1.0, progress=NO_PROGRESS):
+    """An LFW-style `.bin` of `num_pairs` pairs (half positive) of `group`'s people, telling `progress`
+    (plsc.data.progress) of each image; returns issame [P]."""
     check_seed(seed)
     if num_identities > FOLDER_IDENTITY_START:
         raise PlscError(f"a pair set may use at most {FOLDER_IDENTITY_START} identities, got {num_identities}")
@@ -56,16 +57,19 @@ def write_group_bin(out_path, group, num_identities, num_pairs, seed=0, jitter=1
             rng = stream_rng(GROUP_PAIR_IMAGE_STREAM, seed, GROUPS.index(group), pair_index, side)
             image, _ = render_face(make_identity(seed, identity_index, group), rng, jitter)
             images.append(encode_image(image, "jpg"))
+            progress.update()
     issame = [same for _, _, same in plan]
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     write_bin(out_path, images, issame)
     return issame
 
 
-def write_group_folder(out_dir, groups, identities_per_group, images_per_identity, seed=0, jitter=1.0):
+def write_group_folder(out_dir, groups, identities_per_group, images_per_identity, seed=0, jitter=1.0,
+                       progress=NO_PROGRESS):
     """`out_dir/images/<label>/<k>.jpg`, `label.txt` (path<TAB>label) and `groups.txt` (label group).
 
-    Labels are consecutive, group by group in the order given. Returns a summary dict.
+    Labels are consecutive, group by group in the order given; `progress` hears of each image.
+    Returns a summary dict.
     """
     check_seed(seed)
     lines, group_lines = [], []
@@ -81,10 +85,43 @@ def write_group_folder(out_dir, groups, identities_per_group, images_per_identit
                 with open(os.path.join(out_dir, path), "wb") as handle:
                     handle.write(encode_image(image, "jpg"))
                 lines.append(f"{path}\t{label}\n")
+                progress.update()
             group_lines.append(f"{label} {group}\n")
     write_text_atomic(os.path.join(out_dir, GROUP_FILE_NAME), "".join(group_lines))
     write_text_atomic(os.path.join(out_dir, "label.txt"), "".join(lines))
     return {"root": str(out_dir), "num_identities": len(group_lines), "num_images": len(lines)}
+
+
+def group_sets(root, groups=DEFAULT_GROUPS, num_pairs=600, pair_identities=300, folder_identities=50,
+               images_per_identity=8, seed=0, jitter=1.0):
+    """The SyntheticSets `root/pairs/<group>.bin` and `root/folder/` (see ensure_fairness_data)."""
+    groups = tuple(groups)
+    for group in groups:
+        group_identity_index(group, 0)  # unknown names fail before anything is written
+    pairs_dir, folder_dir = os.path.join(root, "pairs"), os.path.join(root, "folder")
+    common = {"render_version": RENDER_VERSION, "seed": seed, "jitter": jitter, "groups": list(groups)}
+    pair_parameters = {"kind": "group_pairs", "num_pairs": num_pairs, "pair_identities": pair_identities, **common}
+    folder_parameters = {"kind": "group_folder", "identities_per_group": folder_identities,
+                         "images_per_identity": images_per_identity, **common}
+
+    def write_pairs(progress):
+        for group in groups:
+            write_group_bin(os.path.join(pairs_dir, f"{group}.bin"), group, pair_identities, num_pairs, seed, jitter,
+                            progress)
+        return {"groups": list(groups)}
+
+    def write_folder(progress):
+        return write_group_folder(folder_dir, groups, folder_identities, images_per_identity, seed, jitter, progress)
+
+    return [
+        SyntheticSet("group_pairs", pairs_dir, pair_parameters, tuple(f"{group}.bin" for group in groups),
+                     f"synthetic group pair sets: {len(groups)} x {num_pairs} pairs -> {pairs_dir}",
+                     len(groups) * 2 * num_pairs, write_pairs),
+        SyntheticSet("group_folder", folder_dir, folder_parameters, ("label.txt", GROUP_FILE_NAME),
+                     f"synthetic group identity folder: {len(groups)} x {folder_identities} identities x "
+                     f"{images_per_identity} images -> {folder_dir}",
+                     len(groups) * folder_identities * images_per_identity, write_folder),
+    ]
 
 
 def ensure_fairness_data(root, groups=DEFAULT_GROUPS, num_pairs=600, pair_identities=300, folder_identities=50,
@@ -94,55 +131,12 @@ def ensure_fairness_data(root, groups=DEFAULT_GROUPS, num_pairs=600, pair_identi
     Reuses a set only when its manifest records the same parameters (as the quickstart data does).
     """
     groups = tuple(groups)
-    for group in groups:
-        group_identity_index(group, 0)  # unknown names fail before anything is written
-    pairs_dir, folder_dir = os.path.join(root, "pairs"), os.path.join(root, "folder")
-    common = {"render_version": RENDER_VERSION, "seed": seed, "jitter": jitter, "groups": list(groups)}
-    pair_parameters = {"kind": "group_pairs", "num_pairs": num_pairs, "pair_identities": pair_identities, **common}
-    folder_parameters = {"kind": "group_folder", "identities_per_group": folder_identities,
-                         "images_per_identity": images_per_identity, **common}
-    bins = {group: os.path.join(pairs_dir, f"{group}.bin") for group in groups}
-    if force or not _is_complete(pairs_dir, pair_parameters, list(bins.values())):
-        _announce(log, f"generating synthetic group pair sets: {len(groups)} x {num_pairs} pairs -> {pairs_dir}")
-        _remove_manifest(pairs_dir)
-        for group, path in bins.items():
-            write_group_bin(path, group, pair_identities, num_pairs, seed, jitter)
-        _write_manifest(pairs_dir, pair_parameters)
-    if force or not _is_complete(folder_dir, folder_parameters,
-                                 [os.path.join(folder_dir, name) for name in ("label.txt", GROUP_FILE_NAME)]):
-        _announce(log, f"generating synthetic group identity folder: {len(groups)} x {folder_identities} "
-                       f"identities x {images_per_identity} images -> {folder_dir}")
-        _remove_manifest(folder_dir)
-        write_group_folder(folder_dir, groups, folder_identities, images_per_identity, seed, jitter)
-        _write_manifest(folder_dir, folder_parameters)
-    return {"bins": bins, "folder": folder_dir, "label_file": os.path.join(folder_dir, "label.txt"),
+    ensure_sets(group_sets(root, groups, num_pairs, pair_identities, folder_identities, images_per_identity, seed,
+                           jitter), force, log)
+    folder_dir = os.path.join(root, "folder")
+    return {"bins": {group: os.path.join(root, "pairs", f"{group}.bin") for group in groups}, "folder": folder_dir,
+            "label_file": os.path.join(folder_dir, "label.txt"),
             "group_file": os.path.join(folder_dir, GROUP_FILE_NAME)}
-
-
-def _is_complete(set_dir, parameters, files):
-    """True if `set_dir` holds a finished set made with exactly `parameters`, and all `files` exist."""
-    try:
-        with open(os.path.join(set_dir, MANIFEST_NAME), encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    # Through JSON so tuples and lists compare as they were stored.
-    return manifest.get("parameters") == json.loads(json.dumps(parameters)) and all(map(os.path.isfile, files))
-
-
-def _remove_manifest(set_dir):
-    path = os.path.join(set_dir, MANIFEST_NAME)
-    if os.path.exists(path):
-        os.remove(path)
-
-
-def _write_manifest(set_dir, parameters):
-    write_text_atomic(os.path.join(set_dir, MANIFEST_NAME), json.dumps({"parameters": parameters}, indent=1))
-
-
-def _announce(log, message):
-    if log is not None:
-        log(message)
 
 
 def main(argv=None):

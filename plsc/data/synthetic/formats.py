@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from plsc.data import verification_bin
+from plsc.data.progress import NO_PROGRESS
 from plsc.data.recordio import RecordWriter, pack_record
 from plsc.data.synthetic.identity import make_identity
 from plsc.data.synthetic.render import render_face
@@ -30,8 +31,9 @@ def render_training_image(seed, identity, image_index):
     return image_rgb
 
 
-def write_recordio(out_dir, num_classes, images_per_class, seed=0, with_header=True):
-    """Write `train.rec`, `train.idx` and `property` for num_classes x images_per_class images.
+def write_recordio(out_dir, num_classes, images_per_class, seed=0, with_header=True, progress=NO_PROGRESS):
+    """Write `train.rec`, `train.idx` and `property` for num_classes x images_per_class images, telling
+    `progress` (plsc.data.progress) of each.
 
     With `with_header` the face-release layout: record 0 holds labels [a, b], images are keys
     1 .. a-1 in class order, and keys a .. b-1 are identity records with [start, end) key ranges.
@@ -53,6 +55,7 @@ def write_recordio(out_dir, num_classes, images_per_class, seed=0, with_header=T
                 image_shape = image_rgb.shape
                 key = first_image_key + class_index * images_per_class + image_index
                 writer.write(key, pack_record((0, class_index, key, 0), encode_jpeg(image_rgb)))
+                progress.update()
         if with_header:
             for class_index in range(num_classes):
                 start = first_image_key + class_index * images_per_class
@@ -79,8 +82,9 @@ def pair_plan(num_pairs, seed, identity_offset):
     return np.stack([first, second], axis=1), issame
 
 
-def write_bin(out_path, num_pairs, seed, identity_offset=1_000_000):
-    """Write an LFW-style `.bin` of `num_pairs` JPEG pairs of held-out identities; returns issame [P]."""
+def write_bin(out_path, num_pairs, seed, identity_offset=1_000_000, progress=NO_PROGRESS):
+    """Write an LFW-style `.bin` of `num_pairs` JPEG pairs of held-out identities, telling `progress` of each
+    image; returns issame [P]."""
     identities, issame = pair_plan(num_pairs, seed, identity_offset)
     images = []
     for pair_index, pair_identities in enumerate(identities):
@@ -88,6 +92,7 @@ def write_bin(out_path, num_pairs, seed, identity_offset=1_000_000):
             identity = make_identity(seed, int(identity_index))
             image_rgb, _ = render_face(identity, pair_image_rng(seed, pair_index, side))
             images.append(encode_jpeg(image_rgb))
+            progress.update()
     directory = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(directory, exist_ok=True)
     verification_bin.write_bin(out_path, images, issame)

@@ -6,12 +6,14 @@
 
 Each set gets a manifest written after its last file. A set is reused only if its manifest exists,
 records the same generation parameters and its files are there, so an interrupted or
-differently-sized generation is redone rather than trusted.
+differently-sized generation is redone rather than trusted. While a set is written, its progress
+goes to the caller's log: a tqdm bar when stderr is a terminal, a plain line every 10 % otherwise.
 """
 import json
 import os
 from collections import namedtuple
 
+from plsc.data.progress import start_progress
 from plsc.data.synthetic.render import RENDER_VERSION
 from plsc.data.synthetic.writers import (VERIFICATION_IDENTITY_OFFSET, write_image_folder, write_text_atomic,
                                          write_verification_pairs)
@@ -24,8 +26,10 @@ MANIFEST_NAME = "synthetic_manifest.json"
 BIN_SETS = {"lfw": (1, 2_000_000), "cfp_fp": (2, 3_000_000), "agedb_30": (3, 4_000_000)}
 BIN_IDENTITY_RANGE = 1_000_000
 
-SyntheticSet = namedtuple("SyntheticSet", ["name", "directory", "parameters", "files", "description", "write"])
-SyntheticSet.__doc__ = "One generated set: where it goes, what defines it, the files it must have, how to write it."
+SyntheticSet = namedtuple("SyntheticSet", ["name", "directory", "parameters", "files", "description", "num_images",
+                                           "write"])
+SyntheticSet.__doc__ = ("One generated set: where it goes, what defines it, the files it must have, how many images "
+                        "it holds, and how to write it (`write(progress)` -> summary dict).")
 
 
 def folder_sets(root, request):
@@ -43,13 +47,15 @@ def folder_sets(root, request):
     return [
         SyntheticSet("train", train_dir, train_parameters, ("label.txt",),
                      f"synthetic training faces: {num_classes} classes x {images_per_class} images -> {train_dir}",
-                     lambda: write_image_folder(train_dir, num_classes, images_per_class, seed=seed, jitter=jitter,
-                                                num_workers=num_workers)),
+                     num_classes * images_per_class,
+                     lambda progress: write_image_folder(train_dir, num_classes, images_per_class, seed=seed,
+                                                         jitter=jitter, num_workers=num_workers, progress=progress)),
         SyntheticSet("verification", verification_dir, verification_parameters, ("label.txt",),
                      f"synthetic verification pairs: {num_pairs} pairs of {num_identities} held-out identities "
-                     f"-> {verification_dir}",
-                     lambda: write_verification_pairs(verification_dir, num_identities, num_pairs, seed=seed,
-                                                      jitter=jitter, num_workers=num_workers)),
+                     f"-> {verification_dir}", 2 * num_pairs,
+                     lambda progress: write_verification_pairs(verification_dir, num_identities, num_pairs, seed=seed,
+                                                               jitter=jitter, num_workers=num_workers,
+                                                               progress=progress)),
     ]
 
 
@@ -63,8 +69,9 @@ def recordio_sets(root, request):
                   "images_per_class": images_per_class, "jitter": 1.0, "layout": "identity_records"}
     return [SyntheticSet("train_rec", rec_dir, parameters, ("train.rec", "train.idx", "property"),
                          f"synthetic training faces as RecordIO: {num_classes} classes x {images_per_class} "
-                         f"images -> {rec_dir}",
-                         lambda: write_recordio(rec_dir, num_classes, images_per_class, seed=seed))]
+                         f"images -> {rec_dir}", num_classes * images_per_class,
+                         lambda progress: write_recordio(rec_dir, num_classes, images_per_class, seed=seed,
+                                                         progress=progress))]
 
 
 def bin_sets(root, request):
@@ -82,14 +89,15 @@ def bin_sets(root, request):
     parameters = {"kind": "verification_bins", "render_version": RENDER_VERSION, "num_pairs": num_pairs,
                   "jitter": 1.0, "sets": plan}
 
-    def write():
+    def write(progress):
         for name, settings in plan.items():
-            write_bin(os.path.join(bin_dir, f"{name}.bin"), num_pairs, settings["seed"], settings["identity_offset"])
+            write_bin(os.path.join(bin_dir, f"{name}.bin"), num_pairs, settings["seed"], settings["identity_offset"],
+                      progress)
         return {"num_pairs": num_pairs, "files": [f"{name}.bin" for name in plan]}
 
     return [SyntheticSet("bin", bin_dir, parameters, tuple(f"{name}.bin" for name in plan),
                          f"synthetic verification .bin sets {', '.join(plan)}: {num_pairs} pairs each -> {bin_dir}",
-                         write)]
+                         len(plan) * 2 * num_pairs, write)]
 
 
 # The fairness sets keep the group generator's own seed: the same pictures whatever the training seed.
@@ -99,20 +107,9 @@ FAIRNESS_SEED = 0
 def fairness_sets(root, request):
     """Per-group `.bin` pair sets (`fairness/pairs/<group>.bin`) and a group-labelled identity folder
     (`fairness/folder/` with label.txt and groups.txt), for GroupVerification, InstanceFairness, Recall."""
-    from plsc.data.synthetic.fairness import DEFAULT_GROUPS, GROUP_FILE_NAME, ensure_fairness_data
+    from plsc.data.synthetic.fairness import group_sets
 
-    fairness_dir = os.path.join(root, "fairness")
-    parameters = {"kind": "fairness", "render_version": RENDER_VERSION, "seed": FAIRNESS_SEED,
-                  "groups": list(DEFAULT_GROUPS)}
-    files = ([f"pairs/{group}.bin" for group in DEFAULT_GROUPS]
-             + ["folder/label.txt", f"folder/{GROUP_FILE_NAME}"])
-
-    def write():
-        paths = ensure_fairness_data(fairness_dir, seed=FAIRNESS_SEED)
-        return {"groups": list(paths["bins"])}
-
-    return [SyntheticSet("fairness", fairness_dir, parameters, tuple(files),
-                         f"synthetic fairness sets (groups {', '.join(DEFAULT_GROUPS)}) -> {fairness_dir}", write)]
+    return group_sets(os.path.join(root, "fairness"), seed=FAIRNESS_SEED)
 
 
 # Config `SyntheticData.formats` entries -> the sets they stand for.
@@ -143,13 +140,9 @@ def ensure_quickstart_data(root, num_classes, images_per_class, num_pairs, seed=
     request = {"num_classes": num_classes, "images_per_class": images_per_class, "num_pairs": num_pairs,
                "seed": seed, "num_verification_identities": num_verification_identities, "jitter": jitter,
                "num_workers": num_workers}
-    generated = []
-    for format_name in dict.fromkeys(formats):
-        for synthetic_set in FORMATS[format_name](root, request):
-            if force or not is_complete(synthetic_set.directory, synthetic_set.parameters, synthetic_set.files):
-                _announce(log, f"generating {synthetic_set.description}")
-                _generate(synthetic_set.directory, synthetic_set.parameters, synthetic_set.write)
-                generated.append(synthetic_set.name)
+    synthetic_sets = [synthetic_set for format_name in dict.fromkeys(formats)
+                      for synthetic_set in FORMATS[format_name](root, request)]
+    generated = ensure_sets(synthetic_sets, force, log)
     train_dir, verification_dir = os.path.join(root, "train"), os.path.join(root, "verification")
     return {"train_dir": train_dir, "train_label_file": os.path.join(train_dir, "label.txt"),
             "verification_dir": verification_dir,
@@ -157,6 +150,22 @@ def ensure_quickstart_data(root, num_classes, images_per_class, num_pairs, seed=
             "rec_dir": os.path.join(root, "train_rec"),
             "bin_paths": {name: os.path.join(root, "bin", f"{name}.bin") for name in BIN_SETS},
             "generated": generated}
+
+
+def ensure_sets(synthetic_sets, force=False, log=None):
+    """Write each SyntheticSet unless a complete one exists (always with `force`); returns the names written.
+
+    `log(message)` hears about each set that is generated and about its progress.
+    """
+    generated = []
+    for synthetic_set in synthetic_sets:
+        if force or not is_complete(synthetic_set.directory, synthetic_set.parameters, synthetic_set.files):
+            if log is not None:
+                log(f"generating {synthetic_set.description}")
+            with start_progress(synthetic_set.num_images, f"writing {synthetic_set.name}", log) as progress:
+                _generate(synthetic_set, progress)
+            generated.append(synthetic_set.name)
+    return generated
 
 
 def is_complete(set_dir, parameters, files=("label.txt",)):
@@ -172,15 +181,11 @@ def is_complete(set_dir, parameters, files=("label.txt",)):
             and all(os.path.isfile(os.path.join(set_dir, name)) for name in files))
 
 
-def _generate(set_dir, parameters, write):
+def _generate(synthetic_set, progress):
     """Drop the old manifest first, write the set, then record the manifest as the last file."""
-    manifest_path = os.path.join(set_dir, MANIFEST_NAME)
+    manifest_path = os.path.join(synthetic_set.directory, MANIFEST_NAME)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
-    summary = write()
-    write_text_atomic(manifest_path, json.dumps({"parameters": parameters, "summary": summary}, indent=1))
-
-
-def _announce(log, message):
-    if log is not None:
-        log(message)
+    summary = synthetic_set.write(progress)
+    write_text_atomic(manifest_path, json.dumps({"parameters": synthetic_set.parameters, "summary": summary},
+                                                indent=1))

@@ -12,6 +12,7 @@ import signal
 
 import cv2
 
+from plsc.data.progress import NO_PROGRESS
 from plsc.data.synthetic.identity import make_identity
 from plsc.data.synthetic.render import render_face
 from plsc.data.synthetic.streams import check_seed, pair_image_rng, pair_plan_rng, train_image_rng
@@ -78,10 +79,11 @@ def plan_verification_pairs(num_identities, num_pairs, seed=0, identity_offset=V
 
 
 def write_image_folder(out_dir, num_classes, images_per_class, seed=0, image_format="jpg",
-                       identity_offset=0, group=None, jitter=1.0, num_workers=0):
+                       identity_offset=0, group=None, jitter=1.0, num_workers=0, progress=NO_PROGRESS):
     """`out_dir/images/<class:06d>/<k:04d>.<ext>` + `out_dir/label.txt`; returns a summary dict.
 
-    Class `label` shows identity `identity_offset + label`.
+    Class `label` shows identity `identity_offset + label`. `progress` (plsc.data.progress) hears of
+    every class's images once they are written.
     """
     check_seed(seed)
     _check_positive(num_classes=num_classes, images_per_class=images_per_class)
@@ -90,7 +92,7 @@ def write_image_folder(out_dir, num_classes, images_per_class, seed=0, image_for
     make_identity(seed, identity_offset, group)  # an unknown group fails here, not in a worker
     tasks = [(str(out_dir), seed, label, identity_offset + label, images_per_class, group, jitter, image_format)
              for label in range(num_classes)]
-    _run_tasks(_write_class, tasks, num_workers)
+    _run_tasks(_write_class, tasks, num_workers, progress)
     lines = [f"{_train_image_path(label, k, extension)}\t{label}\n"
              for label in range(num_classes) for k in range(images_per_class)]
     label_file = os.path.join(out_dir, "label.txt")
@@ -99,9 +101,12 @@ def write_image_folder(out_dir, num_classes, images_per_class, seed=0, image_for
             "num_images": len(lines), "identity_range": (identity_offset, identity_offset + num_classes)}
 
 
-def write_verification_pairs(out_dir, num_identities, num_pairs, seed=0,
-                             identity_offset=VERIFICATION_IDENTITY_OFFSET, group=None, jitter=1.0, num_workers=0):
-    """`out_dir/images/%08d_{0,1}.png` per pair + `out_dir/label.txt` (1 = same); returns a summary dict."""
+def write_verification_pairs(out_dir, num_identities, num_pairs, seed=0, identity_offset=VERIFICATION_IDENTITY_OFFSET,
+                             group=None, jitter=1.0, num_workers=0, progress=NO_PROGRESS):
+    """`out_dir/images/%08d_{0,1}.png` per pair + `out_dir/label.txt` (1 = same); returns a summary dict.
+
+    `progress` hears of the images of every run of pairs once they are written.
+    """
     check_seed(seed)
     _check_positive(num_identities=num_identities, num_pairs=num_pairs)
     plan = plan_verification_pairs(num_identities, num_pairs, seed, identity_offset)
@@ -110,7 +115,7 @@ def write_verification_pairs(out_dir, num_identities, num_pairs, seed=0,
     indexed = [(pair_index, first, second) for pair_index, (first, second, _) in enumerate(plan)]
     tasks = [(str(out_dir), seed, indexed[start:start + _PAIRS_PER_TASK], group, jitter)
              for start in range(0, num_pairs, _PAIRS_PER_TASK)]
-    _run_tasks(_write_pairs, tasks, num_workers)
+    _run_tasks(_write_pairs, tasks, num_workers, progress)
     lines = [f"{_pair_image_path(k, 0)}\t{_pair_image_path(k, 1)}\t{int(same)}\n"
              for k, (_, _, same) in enumerate(plan)]
     label_file = os.path.join(out_dir, "label.txt")
@@ -129,7 +134,7 @@ def _pair_image_path(pair_index, side):
 
 
 def _write_class(task):
-    """Render and save every image of one class (runs in a worker process when parallel)."""
+    """Render and save every image of one class (runs in a worker process when parallel); returns their number."""
     out_dir, seed, label, identity_index, images_per_class, group, jitter, image_format = task
     identity = make_identity(seed, identity_index, group)
     extension = image_extension(image_format)
@@ -138,10 +143,12 @@ def _write_class(task):
         image, _ = render_train_image(seed, identity_index, image_index, jitter=jitter, identity=identity)
         _write_bytes(os.path.join(out_dir, _train_image_path(label, image_index, extension)),
                      encode_image(image, image_format))
+    return images_per_class
 
 
 def _write_pairs(task):
-    """Render and save both images of a run of pairs (runs in a worker process when parallel)."""
+    """Render and save both images of a run of pairs (runs in a worker process when parallel); returns
+    the number of images."""
     out_dir, seed, pairs, group, jitter = task
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     for pair_index, *identity_indices in pairs:
@@ -149,20 +156,22 @@ def _write_pairs(task):
             image, _ = render_face(make_identity(seed, identity_index, group), pair_image_rng(seed, pair_index, side),
                                    jitter)
             _write_bytes(os.path.join(out_dir, _pair_image_path(pair_index, side)), encode_image(image, "png"))
+    return 2 * len(pairs)
 
 
-def _run_tasks(function, tasks, num_workers):
-    """function(task) for every task, in this process or over `num_workers` processes."""
+def _run_tasks(function, tasks, num_workers, progress):
+    """function(task) for every task, in this process or over `num_workers` processes; each returns the
+    number of images it wrote, which goes to `progress`."""
     if num_workers <= 1 or len(tasks) <= 1:
         for task in tasks:
-            function(task)
+            progress.update(function(task))
         return
     processes = min(num_workers, len(tasks))
     pool = multiprocessing.get_context().Pool(processes, initializer=_init_worker)
     try:
         # Several tasks per message keep the inter-process chatter small for many small classes.
-        for _ in pool.imap_unordered(function, tasks, chunksize=max(1, len(tasks) // (8 * processes))):
-            pass
+        for num_written in pool.imap_unordered(function, tasks, chunksize=max(1, len(tasks) // (8 * processes))):
+            progress.update(num_written)
         pool.close()  # workers exit on their own once the work is done
     except BaseException:
         pool.terminate()

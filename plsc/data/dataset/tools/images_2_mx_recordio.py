@@ -25,6 +25,7 @@ import numpy as np
 
 from plsc.data.dataset.face_identification import read_label_file
 from plsc.data.dataset.tools import run_command, write_bytes_atomically
+from plsc.data.progress import Progress
 from plsc.data.recordio import RecordWriter, pack_record
 from plsc.errors import PlscError
 
@@ -140,33 +141,6 @@ def prepared_images(entries, order, quality, num_workers):
     with context.Pool(num_workers, initializer=_default_termination) as pool:
         for results in pool.imap(_prepare_chunk, tasks):
             yield from results
-
-
-class Progress:
-    """A tqdm bar when stderr is a terminal, otherwise a plain log line about every 10 % of the work."""
-
-    def __init__(self, total, description, log, interactive=None):
-        self.total, self.description, self.log = total, description, log
-        self.interactive = sys.stderr.isatty() if interactive is None else interactive
-        self.done, self.started, self.next_report = 0, time.monotonic(), max(1, total // 10)
-        self.bar = None
-        if self.interactive:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=description, unit="img")
-
-    def update(self, count=1):
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-        elif self.done >= self.next_report or self.done == self.total:
-            rate = self.done / max(time.monotonic() - self.started, 1e-9)
-            self.log(f"{self.description}: {self.done}/{self.total} images ({rate:.0f} images/s)")
-            self.next_report = self.done + max(1, self.total // 10)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _log_to_stderr(message):

@@ -17,7 +17,8 @@ import sys
 
 from plsc.data.dataset.face_verification import ISSAME_VALUES
 from plsc.data.dataset.tools import run_command
-from plsc.data.dataset.tools.images_2_mx_recordio import IMAGE_SIZE, Progress, prepare_image
+from plsc.data.dataset.tools.images_2_mx_recordio import IMAGE_SIZE, prepare_image
+from plsc.data.progress import Progress
 from plsc.data.verification_bin import write_bin
 from plsc.errors import PlscError
 
