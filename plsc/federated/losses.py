@@ -6,7 +6,8 @@ warped cosine g(c), and the MOON model-contrastive term (Li et al., CVPR 2021).
 import paddle
 import paddle.nn.functional as F
 
-from plsc.loss.margin import margin_logits, model_parallel_softmax_cross_entropy
+from plsc.loss.margin import margin_logits
+from plsc.loss.target_softmax import model_parallel_softmax_cross_entropy
 
 
 def cosine_matrix(embeddings, centers):

@@ -14,7 +14,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
-from plsc import distributed
+from plsc import distributed, fast_cpu
 from plsc.errors import PlscError
 from plsc.heads.class_table import ClassTable
 from plsc.registry import HEADS
@@ -84,22 +84,35 @@ class CenterCosines(PyLayer):
     [S, D] tensor the backward creates is the centres' gradient.
     The [-1, 1] clip (for acos) is applied in place and passes the gradient through: it only
     removes rounding error, where the true derivative is that of the unclipped cosine.
+    With a `workspace` and float32 CPU tensors the numpy kernels below do the same arithmetic in
+    the workspace's arrays (plsc.fast_cpu); otherwise Paddle's ops, the reference.
     """
 
     @staticmethod
-    def forward(ctx, unit_embeddings, centers):
+    def forward(ctx, unit_embeddings, centers, workspace=None, centers_are_copy=False):
+        # Paddle wants None, not a gradient, for an input that stops gradients.
+        ctx.needs_grad = (not unit_embeddings.stop_gradient, not centers.stop_gradient)
+        ctx.centers_are_copy = centers_are_copy
+        ctx.workspace = workspace if workspace is not None and fast_cpu.applies(unit_embeddings, centers) else None
+        if ctx.workspace is not None:
+            cosines, inverse_norms = numpy_cosines(unit_embeddings, centers, ctx.workspace)
+            ctx.save_for_backward(unit_embeddings, centers, inverse_norms)
+            return cosines
         inverse_norms = row_inverse_norms(centers)
         cosines = paddle.matmul(unit_embeddings, centers, transpose_y=True)
         if cosines.dtype != paddle.float32:  # fp16 under AMP on GPU; the margin loss needs float32
             cosines = cosines.astype("float32")
         cosines.multiply_(inverse_norms.unsqueeze(0)).clip_(-1.0, 1.0)
         ctx.save_for_backward(unit_embeddings, centers, inverse_norms, cosines)
-        # Paddle wants None, not a gradient, for an input that stops gradients.
-        ctx.needs_grad = (not unit_embeddings.stop_gradient, not centers.stop_gradient)
         return cosines
 
     @staticmethod
     def backward(ctx, grad_cosines):
+        if ctx.workspace is not None:
+            # inf/nan from an overflowing loss scale are the loss scaler's to detect (it skips the step).
+            with np.errstate(all="ignore"):
+                return numpy_cosines_backward(grad_cosines, *ctx.saved_tensor(), ctx.workspace, ctx.needs_grad,
+                                              ctx.centers_are_copy)
         unit_embeddings, centers, inverse_norms, cosines = ctx.saved_tensor()
         embeddings_need_grad, centers_need_grad = ctx.needs_grad
         centers_float = centers.astype("float32")  # the same tensor unless fp16
@@ -122,9 +135,60 @@ class CenterCosines(PyLayer):
         return grad_embeddings, grad_centers
 
 
-def cosine_logits(embeddings, centers):
-    """Cosine of every embedding with every centre: [N, D] x [S, D] -> [N, S] float32 in [-1, 1]."""
-    return CenterCosines.apply(F.normalize(embeddings, axis=1), centers)
+def numpy_cosines(unit_embeddings, centers, workspace):
+    """CenterCosines' forward in numpy: ([N, S] cosines in the workspace, [S] 1/|w_s| tensor)."""
+    x, w = fast_cpu.as_numpy(unit_embeddings), fast_cpu.as_numpy(centers)
+    inverse_norms = workspace.array("inverse_norms", [w.shape[0]])
+    np.einsum("sd,sd->s", w, w, out=inverse_norms)  # squared row norms without an [S, D] temporary
+    np.sqrt(inverse_norms, out=inverse_norms)
+    np.reciprocal(np.maximum(inverse_norms, NORM_EPSILON, out=inverse_norms), out=inverse_norms)
+    cosines = workspace.array("cosines", [x.shape[0], w.shape[0]])
+    np.matmul(x, w.T, out=cosines)
+    cosines *= inverse_norms
+    np.clip(cosines, -1.0, 1.0, out=cosines)
+    return fast_cpu.as_tensor(cosines), fast_cpu.as_tensor(inverse_norms)
+
+
+def numpy_cosines_backward(grad_cosines, unit_embeddings, centers, inverse_norms, workspace, needs_grad,
+                           centers_are_copy):
+    """CenterCosines' backward in numpy; the incoming gradient is used as scratch (nothing else reads it).
+
+    The centres' gradient is made in row chunks: raw_s = sum_n g_ns x_n, then the radial part,
+    whose coefficient sum_n g_ns cos_ns = inv_s (w_s . raw_s) needs no cosines. When the centres
+    are a gathered copy (`centers_are_copy`), their gradient is written over them: one [S, D]
+    array fewer at the peak (200 MB at 100k rows), and the optimizer reads W_rows from the table
+    (its gather of the velocity rows brings them along at little cost).
+    """
+    grad_dots = fast_cpu.as_numpy(grad_cosines)
+    x, w, inverse = (fast_cpu.as_numpy(t) for t in (unit_embeddings, centers, inverse_norms))
+    grad_dots *= inverse  # d loss / d (x_n . w_s), [N, S]
+    grad_embeddings = grad_centers = None
+    if needs_grad[0]:
+        grad_embeddings = fast_cpu.as_tensor(np.matmul(grad_dots, w))
+    if needs_grad[1]:
+        out = w if centers_are_copy else workspace.array("center_grad", w.shape)
+        step = max(1, CHUNK_BYTES // (4 * w.shape[1]))
+        scratch = workspace.array("center_grad_chunk", [min(step, w.shape[0]), w.shape[1]])
+        for start in range(0, w.shape[0], step):
+            rows = slice(start, start + step)
+            raw = scratch[:len(w[rows])]
+            np.matmul(grad_dots[:, rows].T, x, out=raw)
+            radial = np.einsum("sd,sd->s", w[rows], raw)
+            radial *= inverse[rows] * inverse[rows]
+            np.multiply(w[rows], radial[:, None], out=out[rows])  # in place when out is w: read first
+            np.subtract(raw, out[rows], out=out[rows])
+        grad_centers = fast_cpu.as_tensor(out)
+    return grad_embeddings, grad_centers
+
+
+def cosine_logits(embeddings, centers, workspace=None, centers_are_copy=False):
+    """Cosine of every embedding with every centre: [N, D] x [S, D] -> [N, S] float32 in [-1, 1].
+
+    workspace: a fast_cpu.Workspace that owns the arrays of the CPU kernels (None: Paddle's ops);
+    centers_are_copy: the centres are a gathered copy, not the table, so the CPU kernel may write
+    their gradient over them.
+    """
+    return CenterCosines.apply(F.normalize(embeddings, axis=1), centers, workspace, centers_are_copy)
 
 
 @HEADS.register("PartialFC")
@@ -147,11 +211,18 @@ class PartialFC(ClassTable):
         self.seed = seed
         self.num_sample = num_sampled_classes(sample_ratio, self.num_local_classes)
         self._rng = np.random.default_rng(seed + distributed.rank() if model_parallel else seed)
+        # The CPU kernels' arrays (sampled rows, cosines, gradients), reused step after step.
+        self.workspace = fast_cpu.Workspace()
 
     @property
     def use_fused_ops(self):
         """Paddle's fused class_center_sample is used on GPU only; the numpy path is the reference."""
         return paddle.device.get_device().startswith("gpu")
+
+    @property
+    def rows_are_copies(self):
+        """The step's sampled_weight is a gathered copy (below ratio 1.0), not the table's own memory."""
+        return self.sample_ratio < 1.0
 
     def rng_state(self):
         """State of the negative-sampling generator (a picklable dict) for exact resume."""
@@ -176,7 +247,7 @@ class PartialFC(ClassTable):
 
         The hook a head with several centres per class (SubCenterPartialFC) overrides.
         """
-        return cosine_logits(embeddings_global, sampled_weight)
+        return cosine_logits(embeddings_global, sampled_weight, self.workspace, self.rows_are_copies)
 
     def _sample(self, labels_global):
         """Sorted rows of the shard used this step: [S] int64."""
@@ -201,6 +272,12 @@ class PartialFC(ClassTable):
         """A fresh leaf [S, D] of the sampled rows for the sparse optimizer (a view of the shard at ratio 1.0)."""
         if self.sample_ratio >= 1.0:
             centers = self.weight.detach()  # all rows: share the storage instead of copying it
+        elif fast_cpu.applies(self.weight):
+            index = fast_cpu.as_numpy(sampled_index)
+            rows = self.workspace.array("sampled_rows", [index.shape[0], self.weight.shape[1]])
+            # mode="clip" writes straight into `out`; numpy's default "raise" fills a temporary copy first.
+            np.take(fast_cpu.as_numpy(self.weight), index, axis=0, out=rows, mode="clip")
+            centers = fast_cpu.as_tensor(rows)
         else:
             centers = paddle.gather(self.weight, sampled_index)
         centers.stop_gradient = False

@@ -17,11 +17,11 @@ from plsc.registry import HEADS
 DEFAULT_NUM_SUBCENTERS = 3  # the paper's K
 
 
-def subcenter_cosines(embeddings, subcenter_rows, num_subcenters):
+def subcenter_cosines(embeddings, subcenter_rows, num_subcenters, workspace=None, rows_are_copy=False):
     """Cosines of every embedding with every sub-centre: [N, D] x [S, K*D] -> [N, S, K]."""
     rows, embedding_size = subcenter_rows.shape[0], embeddings.shape[1]
     centers = subcenter_rows.reshape([rows * num_subcenters, embedding_size])
-    return cosine_logits(embeddings, centers).reshape([embeddings.shape[0], rows, num_subcenters])
+    return cosine_logits(embeddings, centers, workspace, rows_are_copy).reshape([embeddings.shape[0], rows, num_subcenters])
 
 
 @HEADS.register("SubCenterPartialFC")
@@ -48,4 +48,5 @@ class SubCenterPartialFC(PartialFC):
     def class_logits(self, embeddings_global, sampled_weight):
         """Max over each sampled class's sub-centres: [N, D] x [S, K*D] -> [N, S]."""
         # The max routes each sample's gradient to its closest sub-centre only, as in the paper.
-        return subcenter_cosines(embeddings_global, sampled_weight, self.num_subcenters).max(axis=2)
+        return subcenter_cosines(embeddings_global, sampled_weight, self.num_subcenters, self.workspace,
+                                 self.rows_are_copies).max(axis=2)

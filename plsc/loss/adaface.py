@@ -15,11 +15,10 @@ non-finite norm (an fp16 overflow) leaves both as they were, since one NaN would
 import math
 
 import paddle
-import paddle.nn as nn
 
 from plsc.errors import PlscError
-from plsc.loss.margin import model_parallel_softmax_cross_entropy
-from plsc.loss.target import ema_update_, target_cosines, write_targets
+from plsc.loss.target import ema_update_
+from plsc.loss.target_softmax import TargetSoftmaxLoss
 from plsc.registry import LOSSES
 
 NORM_CLIP = (0.001, 100.0)  # the paper's safe range of feature norms
@@ -52,7 +51,7 @@ def adaface_target(cos_target, scaler, m):
 
 
 @LOSSES.register("AdaFace")
-class AdaFace(nn.Layer):
+class AdaFace(TargetSoftmaxLoss):
     """(cos_logits [N, S_local], labels_local [N], embedding_norms_global [N]) -> scalar.
 
     Keeps the running norm mean and std as buffers. model_parallel: None follows the class layer.
@@ -61,12 +60,11 @@ class AdaFace(nn.Layer):
     inputs = ("cos_logits", "labels_local", "embedding_norms_global")
 
     def __init__(self, m=0.4, h=0.333, s=64.0, t_alpha=0.01, model_parallel=None):
-        super().__init__()
         if m < 0 or s <= 0 or h < 0 or not 0.0 < t_alpha <= 1.0:
             raise PlscError(f"AdaFace: need m >= 0, h >= 0, s > 0 and t_alpha in (0, 1], got "
                             f"m={m}, h={h}, s={s}, t_alpha={t_alpha}")
-        self.m, self.h, self.s, self.t_alpha = float(m), float(h), float(s), float(t_alpha)
-        self.model_parallel = model_parallel
+        super().__init__(s, model_parallel)
+        self.m, self.h, self.t_alpha = float(m), float(h), float(t_alpha)
         self.register_buffer("norm_mean", paddle.full([1], INITIAL_NORM_MEAN, dtype="float32"))
         self.register_buffer("norm_std", paddle.full([1], INITIAL_NORM_STD, dtype="float32"))
 
@@ -82,6 +80,4 @@ class AdaFace(nn.Layer):
             ema_update_(self.norm_mean, batch_mean, self.t_alpha)
             ema_update_(self.norm_std, batch_std, self.t_alpha)
         scaler = margin_scaler(norms, self.norm_mean, self.norm_std, self.h).reshape([-1, 1])
-        cos_target, has_target = target_cosines(cos, labels_local)
-        logits = self.s * write_targets(cos, labels_local, adaface_target(cos_target, scaler, self.m), has_target)
-        return model_parallel_softmax_cross_entropy(logits, labels_local, bool(self.model_parallel))
+        return self.cross_entropy(cos, labels_local, lambda cos_target: adaface_target(cos_target, scaler, self.m))

@@ -10,45 +10,27 @@ current batch before it is used, and receives no gradient. A batch whose mean ta
 finite (an fp16 overflow upstream) leaves t as it was: one NaN would otherwise stay in t for good.
 """
 import paddle
-import paddle.nn as nn
 
 from plsc.errors import PlscError
-from plsc.loss.margin import model_parallel_softmax_cross_entropy
-from plsc.loss.target import (additive_angular_target, ema_update_, shared_target_cosines, target_cosines,
-                              write_targets)
+from plsc.loss.target import additive_angular_target, ema_update_, shared_target_cosines, target_cosines
+from plsc.loss.target_softmax import TargetSoftmaxLoss
 from plsc.registry import LOSSES
 
 T_MOMENTUM = 0.01  # the paper's alpha = 0.99 on the old value
 
 
-def curricular_logits(cos, labels_local, target_margined, t, m, s):
-    """CurricularFace logits before the softmax.
-
-    cos: [N, S] cosines; labels_local: [N] column of the target here or -1; target_margined: [N, 1]
-    cos(theta_y + m) of every row (also rows whose target is on another rank), no gradient;
-    t: scalar tensor -> [N, S] float32.
-    """
-    cos_target, has_target = target_cosines(cos, labels_local)
-    hard = (cos > target_margined).astype(cos.dtype)
-    negatives = cos + hard * cos * (t + cos - 1.0)  # = cos * (t + cos) where hard, else cos
-    # The target column itself is replaced below, so its (meaningless) hard flag does not matter.
-    logits = write_targets(negatives, labels_local, additive_angular_target(cos_target, m), has_target)
-    return s * logits
-
-
 @LOSSES.register("CurricularFace")
-class CurricularFace(nn.Layer):
+class CurricularFace(TargetSoftmaxLoss):
     """(cos_logits [N, S_local], labels_local [N]) -> scalar; keeps the curriculum t as a buffer.
 
     model_parallel: None follows Model.pfc_config.model_parallel (set by CombinedLoss.attach).
     """
 
     def __init__(self, m=0.5, s=64.0, model_parallel=None):
-        super().__init__()
         if m < 0 or s <= 0:
             raise PlscError(f"CurricularFace: m ({m}) must be >= 0 and s ({s}) > 0")
-        self.m, self.s = float(m), float(s)
-        self.model_parallel = model_parallel
+        super().__init__(s, model_parallel)
+        self.m = float(m)
         self.register_buffer("t", paddle.zeros([1], dtype="float32"))
 
     def forward(self, cos_logits, labels_local):
@@ -61,5 +43,6 @@ class CurricularFace(nn.Layer):
             batch_t = paddle.where(paddle.isfinite(batch_t), batch_t, self.t)
             ema_update_(self.t, batch_t, T_MOMENTUM)
         target_margined = additive_angular_target(shared_target, self.m)
-        logits = curricular_logits(cos, labels_local, target_margined, self.t.detach(), self.m, self.s)
-        return model_parallel_softmax_cross_entropy(logits, labels_local, bool(self.model_parallel))
+        # A negative is hard when it beats its row's margined target (shared by all ranks, no gradient).
+        return self.cross_entropy(cos, labels_local, lambda cos_target: additive_angular_target(cos_target, self.m),
+                                  hard_negatives=(target_margined.detach(), self.t.detach()))

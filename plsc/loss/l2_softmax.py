@@ -5,27 +5,23 @@ softmax layer. In a Partial FC class layer the centres are normalised too (NormF
 the logits are s * cos; the paper's lower bound on the scale for C classes and target
 probability p is s >= log(p (C - 2) / (1 - p)), about 14 for 100k classes at p = 0.9.
 """
-import paddle.nn as nn
 
 from plsc.errors import PlscError
-from plsc.loss.margin import model_parallel_softmax_cross_entropy
+from plsc.loss.target_softmax import TargetSoftmaxLoss
 from plsc.registry import LOSSES
 
 
 @LOSSES.register("L2Softmax")
-class L2Softmax(nn.Layer):
+class L2Softmax(TargetSoftmaxLoss):
     """(cos_logits [N, S_local], labels_local [N]) -> scalar softmax CE of s * cos.
 
     model_parallel: None follows Model.pfc_config.model_parallel.
     """
 
     def __init__(self, s=64.0, model_parallel=None):
-        super().__init__()
         if s <= 0:
             raise PlscError(f"L2Softmax: s ({s}) must be > 0")
-        self.s = float(s)
-        self.model_parallel = model_parallel
+        super().__init__(s, model_parallel)
 
     def forward(self, cos_logits, labels_local):
-        logits = self.s * cos_logits.astype("float32")
-        return model_parallel_softmax_cross_entropy(logits, labels_local, bool(self.model_parallel))
+        return self.cross_entropy(cos_logits.astype("float32"), labels_local)

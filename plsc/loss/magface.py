@@ -13,12 +13,11 @@ Verification and IJB-C L2-normalise embeddings anyway; the un-normalised norm of
 embedding is MagFace's quality score.
 """
 import paddle
-import paddle.nn as nn
 
 from plsc import distributed
 from plsc.errors import PlscError
-from plsc.loss.margin import model_parallel_softmax_cross_entropy
-from plsc.loss.target import additive_angular_target, target_cosines, write_targets
+from plsc.loss.target import additive_angular_target
+from plsc.loss.target_softmax import TargetSoftmaxLoss
 from plsc.registry import LOSSES
 
 
@@ -33,7 +32,7 @@ def magnitude_regularizer(magnitude, u_a):
 
 
 @LOSSES.register("MagFace")
-class MagFace(nn.Layer):
+class MagFace(TargetSoftmaxLoss):
     """Softmax CE with magnitude-aware margin + lambda_g * mean g(a): scalar.
 
     inputs: cos_logits [N, S_local], labels_local [N], embedding_norms_global [N] (margin),
@@ -44,21 +43,20 @@ class MagFace(nn.Layer):
     inputs = ("cos_logits", "labels_local", "embedding_norms_global", "embedding_norms")
 
     def __init__(self, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0, s=64.0, model_parallel=None):
-        super().__init__()
         if not 0 < l_a < u_a or not 0 <= l_m <= u_m or lambda_g < 0 or s <= 0:
             raise PlscError(f"MagFace: need 0 < l_a < u_a, 0 <= l_m <= u_m, lambda_g >= 0 and s > 0, got "
                             f"l_a={l_a}, u_a={u_a}, l_m={l_m}, u_m={u_m}, lambda_g={lambda_g}, s={s}")
         self.l_a, self.u_a, self.l_m, self.u_m = float(l_a), float(u_a), float(l_m), float(u_m)
-        self.lambda_g, self.s = float(lambda_g), float(s)
-        self.model_parallel = model_parallel
+        super().__init__(s, model_parallel)
+        self.lambda_g = float(lambda_g)
 
     def forward(self, cos_logits, labels_local, embedding_norms_global, embedding_norms):
         cos = cos_logits.astype("float32")
         magnitude = paddle.clip(embedding_norms_global.astype("float32"), self.l_a, self.u_a).reshape([-1, 1])
         margin = magnitude_margin(magnitude, self.l_a, self.u_a, self.l_m, self.u_m)
-        cos_target, has_target = target_cosines(cos, labels_local)
-        logits = self.s * write_targets(cos, labels_local, additive_angular_target(cos_target, margin), has_target)
-        classification = model_parallel_softmax_cross_entropy(logits, labels_local, bool(self.model_parallel))
+        # Its kept rows (per-group logging) are this softmax part only, not the regulariser g.
+        classification = self.cross_entropy(cos, labels_local,
+                                            lambda cos_target: additive_angular_target(cos_target, margin))
 
         # g over this rank's rows, scaled to the global mean and summed over ranks: each rank's
         # backbone gets the gradient of its own rows once (see plsc.loss.inputs).

@@ -6,11 +6,11 @@ the target logit are then assembled with collectives, so no rank ever holds a fu
 import math
 
 import paddle
-import paddle.nn as nn
 import paddle.nn.functional as F
 
 from plsc import distributed
 from plsc.errors import PlscError
+from plsc.loss.target_softmax import TargetSoftmaxLoss
 from plsc.registry import LOSSES
 
 # acos has an infinite derivative at +-1; clipping keeps the target gradient finite.
@@ -53,28 +53,6 @@ def margin_logits(cos, labels, m1, m2, m3, s):
     return s * (cos + target_mask * margin_shift)
 
 
-def model_parallel_softmax_cross_entropy(logits_local, labels_local, model_parallel):
-    """Mean softmax cross-entropy over rows whose columns may be sharded across ranks: scalar.
-
-    logits_local: [N, S_local], labels_local: [N] int64 column of the target on this rank or -1
-    (each row's target lives on exactly one rank). model_parallel=False: plain softmax CE, no
-    collectives. The result is identical on every rank.
-    """
-    labels_local = labels_local.reshape([-1, 1])
-    # The loss does not depend on the shift (its gradient through the max cancels), so no grad.
-    row_max = logits_local.max(axis=1, keepdim=True).detach()
-    if model_parallel:
-        distributed.all_reduce(row_max, "max")
-    shifted = logits_local - row_max
-    sum_exp = paddle.exp(shifted).sum(axis=1, keepdim=True)
-    target_here = (labels_local >= 0).astype(shifted.dtype)
-    target_shifted = paddle.take_along_axis(shifted, labels_local.clip(min=0), axis=1) * target_here
-    if model_parallel:
-        sum_exp = distributed.all_reduce_sum_with_grad(sum_exp)
-        target_shifted = distributed.all_reduce_sum_with_grad(target_shifted)
-    return (paddle.log(sum_exp) - target_shifted).mean()
-
-
 def sampled_global_labels(labels_local, num_local_columns):
     """Labels as columns of the concatenation of all ranks' logits (rank order): [N] int64 -> [N] int64.
 
@@ -88,17 +66,16 @@ def sampled_global_labels(labels_local, num_local_columns):
 
 
 @LOSSES.register("MarginLoss")
-class MarginLoss(nn.Layer):
+class MarginLoss(TargetSoftmaxLoss):
     """Combined margin softmax CE: (cos_logits [N, S_local], labels_local [N] int64) -> scalar float32."""
 
     def __init__(self, m1=1.0, m2=0.5, m3=0.0, s=64.0, model_parallel=False):
-        super().__init__()
         if m1 <= 0 or s <= 0:
             raise PlscError(f"MarginLoss: m1 ({m1}) and s ({s}) must be > 0")
         if m2 < 0:
             raise PlscError(f"MarginLoss: m2 ({m2}) must be >= 0 (a negative angular margin is not monotone)")
-        self.m1, self.m2, self.m3, self.s = float(m1), float(m2), float(m3), float(s)
-        self.model_parallel = model_parallel
+        super().__init__(s, model_parallel)
+        self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
 
     @property
     def use_fused_ops(self):
@@ -109,8 +86,8 @@ class MarginLoss(nn.Layer):
         cos = cos_logits if cos_logits.dtype == paddle.float32 else cos_logits.astype("float32")
         if self.use_fused_ops and self.model_parallel:
             return self._fused_loss(cos, labels_local)
-        logits = margin_logits(cos, labels_local, self.m1, self.m2, self.m3, self.s)
-        return model_parallel_softmax_cross_entropy(logits, labels_local, self.model_parallel)
+        return self.cross_entropy(
+            cos, labels_local, lambda cos_target: margined_target_cosine(cos_target, self.m1, self.m2, self.m3))
 
     def _fused_loss(self, cos, labels_local):
         # Paddle's kernel applies cos(m1*theta + m2) without the monotone continuation above, so
@@ -119,5 +96,7 @@ class MarginLoss(nn.Layer):
         # group=False: a single process has no communicator; None: the default (all ranks) group.
         group = None if distributed.world_size() > 1 else False
         labels = sampled_global_labels(labels_local, cos.shape[1])
-        return F.margin_cross_entropy(cos, labels, margin1=self.m1, margin2=self.m2, margin3=self.m3,
-                                      scale=self.s, group=group, reduction="mean")
+        rows = F.margin_cross_entropy(cos, labels, margin1=self.m1, margin2=self.m2, margin3=self.m3,
+                                      scale=self.s, group=group, reduction=None).reshape([-1])
+        self.kept_rows.keep(rows.detach())
+        return rows.mean()

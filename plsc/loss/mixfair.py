@@ -19,12 +19,11 @@ assembled with collectives, and the softmax is margin.py's model-parallel cross-
 import math
 
 import paddle
-import paddle.nn as nn
 import paddle.nn.functional as F
 
 from plsc import distributed
 from plsc.errors import PlscError
-from plsc.loss.margin import margin_logits, model_parallel_softmax_cross_entropy
+from plsc.loss.target_softmax import TargetSoftmaxLoss
 from plsc.models.mixfair import mixfair_outputs
 from plsc.registry import LOSSES
 
@@ -86,7 +85,7 @@ def cifp_margin(cos, labels_local, m, num_classes, model_parallel):
 
 
 @LOSSES.register("MixFairCosFace")
-class MixFairCosFace(nn.Layer):
+class MixFairCosFace(TargetSoftmaxLoss):
     """(cos_logits [N, S_local], labels_local [N], embeddings [n, D], backbone) -> scalar float32.
 
     The backbone must be built with `Model.mixfair`; its last training forward supplies f_mix and the
@@ -96,11 +95,10 @@ class MixFairCosFace(nn.Layer):
     inputs = ("cos_logits", "labels_local", "embeddings", "backbone")
 
     def __init__(self, s=64.0, m=0.35, cifp=True):
-        super().__init__()
         if s <= 0:
             raise PlscError(f"MixFairCosFace: s ({s}) must be > 0")
-        self.s, self.m, self.cifp = float(s), float(m), bool(cifp)
-        self.model_parallel = False
+        super().__init__(s, False)  # model_parallel: set by attach()
+        self.m, self.cifp = float(m), bool(cifp)
         self.num_classes = None
 
     def attach(self, head):
@@ -126,5 +124,4 @@ class MixFairCosFace(nn.Layer):
         if self.cifp:
             margin = margin + cifp_margin(cos, labels_local, self.m, self.num_classes or cos.shape[1],
                                           self.model_parallel)
-        logits = margin_logits(cos, labels_local, 1.0, 0.0, margin, self.s)
-        return model_parallel_softmax_cross_entropy(logits, labels_local, self.model_parallel)
+        return self.cross_entropy(cos, labels_local, lambda cos_target: cos_target - margin)

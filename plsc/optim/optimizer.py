@@ -26,7 +26,7 @@ itself). The class-centre rows always learn at the schedule's LR.
 import paddle
 from paddle.utils import unique_name
 
-from plsc import distributed
+from plsc import distributed, fast_cpu
 from plsc.errors import PlscError
 from plsc.optim.grad_clip import build_grad_clip
 from plsc.optim.layer_decay import check_layer_decay, check_no_weight_decay_1d, exempt_from_decay, group_parameters
@@ -194,6 +194,19 @@ def merge_row_gradients(pending):
     return union, merged, None
 
 
+def step_rows(head):
+    """(rows [S] int64, their gradient [S, D], leaf holding W_rows or None) of the head's last backward, or None.
+
+    The leaf is None when the CPU kernel wrote the gradient over it (plsc.heads.partial_fc): it
+    holds no weights any more, and the update reads W_rows from the table.
+    """
+    rows = head.sampled_weight
+    if rows is None or rows.grad is None:
+        return None
+    leaf = None if fast_cpu.same_memory(rows, rows.grad) else rows
+    return head.sampled_index, rows.grad, leaf
+
+
 class FaceOptimizer:
     """Dense (data-parallel) plus row-sparse (model-parallel) optimizer behind one step()."""
 
@@ -250,9 +263,11 @@ class FaceOptimizer:
         afresh per micro-batch, and only the last sample stays on the head).
         """
         for key, head in self.heads.items():
-            rows = head.sampled_weight
-            if rows is not None and rows.grad is not None:
-                self._pending.setdefault(key, []).append((head.sampled_index, rows.grad, rows))
+            entry = step_rows(head)
+            if entry is not None:
+                index, grad, rows = entry
+                # A copy: the head's CPU kernels write the next micro-batch's gradient into the same memory.
+                self._pending.setdefault(key, []).append((index, grad.clone(), rows))
         self._merged = None
 
     def _sparse_rows(self):
@@ -262,9 +277,8 @@ class FaceOptimizer:
             for key, head in self.heads.items():
                 pending = self._pending.get(key)
                 if not pending:  # a step without accumulate_sparse(): the head's last backward
-                    rows = head.sampled_weight
-                    pending = [(head.sampled_index, rows.grad, rows)] if rows is not None and rows.grad is not None \
-                        else []
+                    entry = step_rows(head)
+                    pending = [] if entry is None else [entry]
                 if len(pending) == 1:
                     self._merged[key] = pending[0]
                 elif pending:

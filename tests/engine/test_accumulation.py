@@ -13,6 +13,7 @@ from plsc.engine.trainer import Trainer
 from plsc.optim.optimizer import merge_row_gradients
 from plsc.serialization import load_state
 from tests.conftest import REPO_ROOT, launch
+from tests.multirank_worker import close
 from tests.engine.tiny_run import record_losses, write_tiny_config, write_tiny_data
 
 LINEAR = {"Model.name": "LinearFace", "Global.eval_during_train": False, "Global.epochs": 1,
@@ -49,12 +50,13 @@ def test_micro_batches_make_the_update_of_the_whole_batch(tmp_path, data_root):
     split, split_losses, _ = run(tmp_path / "split", data_root, 8, 2)
     assert whole.steps_per_epoch == split.steps_per_epoch == 7  # 120 images: 7 steps of 16
     np.testing.assert_allclose(split_losses, whole_losses, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(split.backbone.fc.weight.numpy(), whole.backbone.fc.weight.numpy(),
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(split.task.head.weight.numpy(), whole.task.head.weight.numpy(), rtol=1e-5, atol=1e-5)
+    # To 1e-5 of each table's scale: the centres reach |w| ~ 40 here, where one float32 ulp is 4e-6,
+    # and summing two micro-batches' gradients rounds differently from one batch's.
+    close(split.backbone.fc.weight.numpy(), whole.backbone.fc.weight.numpy())
+    close(split.task.head.weight.numpy(), whole.task.head.weight.numpy())
     velocity = {name: run_.optimizer.sparse_state_dict()["head0"]["velocity"].numpy() for name, run_ in
                 (("whole", whole), ("split", split))}
-    np.testing.assert_allclose(velocity["split"], velocity["whole"], rtol=1e-5, atol=1e-5)
+    close(velocity["split"], velocity["whole"])
 
 
 @pytest.mark.slow

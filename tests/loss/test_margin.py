@@ -6,8 +6,8 @@ import paddle
 import pytest
 
 from plsc.errors import PlscError
-from plsc.loss.margin import (MarginLoss, margin_logits, margined_target_cosine,
-                              model_parallel_softmax_cross_entropy)
+from plsc.loss.margin import MarginLoss, margin_logits, margined_target_cosine
+from plsc.loss.target_softmax import model_parallel_softmax_cross_entropy
 from plsc.registry import LOSSES
 
 MARGINS = {  # (m1, m2, m3)
