@@ -13,6 +13,16 @@ from paddle.io import DataLoader
 
 from plsc.errors import PlscError
 
+# The fields of a sample and of a collated batch, in order. Every dataset gives the first three;
+# one that knows each sample's group (race, ...) adds `group`, an index into its `group_names`.
+BATCH_FIELDS = ("images", "labels", "is_masked", "group")
+
+
+def batch_field(batch, name):
+    """Field `name` (one of BATCH_FIELDS) of a collated batch, or None when its dataset gives none."""
+    position = BATCH_FIELDS.index(name)
+    return batch[position] if len(batch) > position else None
+
 
 class BadSample:
     """Stands in for sample `index`, which could not be read or decoded in a worker."""
@@ -22,8 +32,8 @@ class BadSample:
 
 
 def collate_checked(samples):
-    """[(image, label, is_masked)] -> [images [N, ...], labels [N], is_masked [N]] (any number of fields,
-    each stacked), or a marker [zeros [1, 1], bad indices] if any sample is bad."""
+    """[(image, label, is_masked[, group])] -> [images [N, ...], labels [N], is_masked [N][, group [N]]]
+    (any number of fields, each stacked), or a marker [zeros [1, 1], bad indices] if any sample is bad."""
     bad = [sample.index for sample in samples if isinstance(sample, BadSample)]
     if bad:
         return [np.zeros([1, 1], dtype=np.float32), np.asarray(bad, dtype=np.int64)]
@@ -33,7 +43,8 @@ def collate_checked(samples):
 class CheckedLoader:
     """Iterates batches like the DataLoader it wraps; raises the PlscError of a bad sample.
 
-    A training dataset's batch is [images float32 [N, 3, H, W], labels int64 [N], is_masked int64 [N]].
+    A training dataset's batch is [images float32 [N, 3, H, W], labels int64 [N], is_masked int64 [N]],
+    and group int64 [N] when the dataset has groups (see BATCH_FIELDS and batch_field).
     """
 
     def __init__(self, dataset, batch_sampler, num_workers=0, use_shared_memory=True):

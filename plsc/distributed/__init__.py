@@ -73,6 +73,12 @@ def all_gather_object(obj):
     return gathered
 
 
+def rows_of_this_rank(gathered, rows):
+    """This rank's block of a tensor gathered in rank order: [world * rows, ...] -> [rows, ...]."""
+    start = rank() * rows
+    return gathered[start:start + rows]
+
+
 class _AllGatherWithGrad(PyLayer):
     # sum_grads=True (class layer sharded): each rank saw the gathered rows only through its own
     # shard, so the gradient of this rank's rows is the sum over ranks. sum_grads=False (class
@@ -87,8 +93,7 @@ class _AllGatherWithGrad(PyLayer):
     def backward(ctx, grad):
         if ctx.sum_grads:
             grad = all_reduce(grad.clone(), "sum")
-        start = rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return rows_of_this_rank(grad, ctx.rows)
 
 
 class _AllReduceSumWithGrad(PyLayer):

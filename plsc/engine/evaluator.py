@@ -13,6 +13,7 @@ import paddle
 
 from plsc import distributed
 from plsc.data import build_loader
+from plsc.data.loader import batch_field
 
 # Extra figures of a per_image set: accuracy over the pairs with at least one masked image, over the
 # pairs with none, and how many pairs each holds.
@@ -42,8 +43,8 @@ def embed_dataset(backbone, loader, flip_test, singles=None):
     chunks = []
     with paddle.no_grad():
         for batch in loader:
-            images = batch[0]
-            side = {"is_masked": batch[2]} if with_flag and len(batch) > 2 else {}
+            images, is_masked = batch_field(batch, "images"), batch_field(batch, "is_masked")
+            side = {"is_masked": is_masked} if with_flag and is_masked is not None else {}
             embeddings = backbone(images, **side).astype("float32")
             if singles is not None:
                 singles.append(embeddings.numpy())

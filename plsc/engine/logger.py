@@ -5,6 +5,9 @@ import os
 import sys
 import time
 
+import numpy as np
+import paddle
+
 from plsc import distributed
 
 
@@ -25,6 +28,36 @@ class SmoothedValue:
     @property
     def average(self):
         return self.total / max(self.count, 1)
+
+
+class GroupLossMeter:
+    """Per-group sums and counts of per-sample losses over one print interval.
+
+    Each rank adds its own samples; `averages()` adds the ranks' sums and counts up, so every rank
+    reports the same figures for the whole global batch.
+    """
+
+    def __init__(self, group_names):
+        self.group_names = tuple(group_names)
+        self.reset()
+
+    def reset(self):
+        self.sums = np.zeros(len(self.group_names), dtype=np.float64)
+        self.counts = np.zeros(len(self.group_names), dtype=np.float64)
+
+    def update(self, losses, groups):
+        """losses: [n] per-sample losses; groups: [n] int64 index of each sample's group in group_names."""
+        groups = np.asarray(groups, dtype=np.int64).reshape(-1)
+        size = len(self.group_names)
+        self.sums += np.bincount(groups, weights=np.asarray(losses, dtype=np.float64).reshape(-1), minlength=size)
+        self.counts += np.bincount(groups, minlength=size)
+
+    def averages(self):
+        """{'loss_<group>': mean loss} over every rank's samples since the last reset; groups without
+        samples are left out. A collective: every rank calls it at the same step."""
+        totals = paddle.to_tensor(np.stack([self.sums, self.counts]))
+        sums, counts = distributed.all_reduce(totals, "sum").numpy()
+        return {f"loss_{name}": total / count for name, total, count in zip(self.group_names, sums, counts) if count}
 
 
 def get_logger(log_file=None):
@@ -51,15 +84,21 @@ def get_logger(log_file=None):
 
 
 class TrainLogger:
-    """Collects per-step figures and prints one line every `print_batch_step` steps."""
+    """Collects per-step figures and prints one line every `print_batch_step` steps.
 
-    def __init__(self, logger, print_batch_step, total_steps, global_batch_size, visualdl_dir=None):
+    With `group_names` (training data whose samples carry a group) it also reports the loss of each
+    group, `loss_<group>`, averaged over the samples of the print interval, in the line and in VisualDL.
+    """
+
+    def __init__(self, logger, print_batch_step, total_steps, global_batch_size, visualdl_dir=None,
+                 group_names=None):
         self.logger = logger
         self.print_batch_step = max(1, int(print_batch_step))
         self.total_steps = total_steps
         self.global_batch_size = global_batch_size
         self.meters = {name: SmoothedValue() for name in ("batch_cost", "reader_cost")}
         self.losses = {}
+        self.group_losses = GroupLossMeter(group_names) if group_names else None
         self.writer = None
         if visualdl_dir and distributed.is_main_process():
             from visualdl import LogWriter
@@ -80,7 +119,13 @@ class TrainLogger:
             return
         cost = self.meters["batch_cost"].average
         eta = datetime.timedelta(seconds=int(cost * max(self.total_steps - global_step, 0)))
-        loss_text = ", ".join(f"{name}: {meter.average:.5f}" for name, meter in self.losses.items())
+        interval_losses = {name: meter.average for name, meter in self.losses.items()}
+        if self.group_losses is not None:
+            by_group = self.group_losses.averages()
+            self.group_losses.reset()
+            self.scalars("train", by_group, global_step)
+            interval_losses.update(by_group)
+        loss_text = ", ".join(f"{name}: {value:.5f}" for name, value in interval_losses.items())
         scale_text = f", loss_scale: {loss_scale:.1f}" if loss_scale is not None else ""
         self.logger.info(
             f"[Train] epoch: {epoch + 1}/{epochs}, step: {step_in_epoch}/{steps_per_epoch}, "
@@ -89,6 +134,15 @@ class TrainLogger:
             f"ips: {self.global_batch_size / max(cost, 1e-9):.2f} images/sec, eta: {eta}")
         for meter in (*self.meters.values(), *self.losses.values()):
             meter.reset()
+
+    @property
+    def logs_groups(self):
+        """Whether the training data has groups, i.e. the loss is logged per group."""
+        return self.group_losses is not None
+
+    def add_group_losses(self, losses, groups):
+        """Add a micro-batch's per-sample losses ([n]) under their groups ([n] int64) to the interval."""
+        self.group_losses.update(losses, groups)
 
     def scalars(self, prefix, values, global_step):
         if self.writer is not None:

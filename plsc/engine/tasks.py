@@ -3,7 +3,10 @@
 A task owns the modules beyond the backbone, its loss, its share of the checkpoint and its state:
   dense_parameters()   (structured name, Parameter) pairs the dense optimizer updates
   tables               {key: ClassTable} sharded class tables (sparse rows; resharded on resume)
-  step(batch, amp)     the forward and loss of one batch -> (total, {name: loss})
+  step(batch, amp, per_sample=False)
+                       the forward and loss of one batch -> (total, {name: loss}, sample losses):
+                       with per_sample, each of this rank's samples' loss (float32 numpy [n], no
+                       gradient; the trainer logs them per group), else None
   model_state() / load_model_state(state, source)   the `P.pdparams` entries
   state_dict() / set_state_dict(state)              replicated extras in `P.pdopt`
   rank_state() / set_rank_state(state)              per-rank extras (RNGs), same layout only
@@ -16,6 +19,7 @@ import paddle
 
 from plsc import distributed
 from plsc.checkpoint import load_backbone_state
+from plsc.data.loader import batch_field
 from plsc.engine.build import CombinedLoss, build_head
 from plsc.errors import PlscError
 from plsc.loss.inputs import LossInputs
@@ -28,7 +32,8 @@ def side_inputs(backbone, batch):
     """Keyword inputs beyond the images a backbone declares (`side_inputs`), taken from the batch."""
     from plsc.engine.evaluator import takes_masked_flag
 
-    return {"is_masked": batch[2]} if takes_masked_flag(backbone) and len(batch) > 2 else {}
+    is_masked = batch_field(batch, "is_masked")
+    return {"is_masked": is_masked} if takes_masked_flag(backbone) and is_masked is not None else {}
 
 
 @TASKS.register("recognition")
@@ -56,13 +61,20 @@ class RecognitionTask:
     def dense_parameters(self):
         return self.backbone.named_parameters()
 
-    def step(self, batch, amp):
-        images, labels = batch[0], batch[1]
+    def step(self, batch, amp, per_sample=False):
+        images, labels = batch_field(batch, "images"), batch_field(batch, "labels")
         with amp.autocast():
             embeddings = self.backbone(images, **side_inputs(self.backbone, batch))
         embeddings = embeddings.astype("float32")
         cos_logits, local_labels = self.head(embeddings, labels)
-        return self.loss(LossInputs(cos_logits, local_labels, embeddings, labels, self.head, self.backbone))
+        inputs = LossInputs(cos_logits, local_labels, embeddings, labels, self.head, self.backbone)
+        if not per_sample:
+            total, named = self.loss(inputs)
+            return total, named, None
+        total, named, rows_global = self.loss.with_sample_losses(inputs)
+        # The losses' rows are the global batch in rank order; this rank logs its own samples' share.
+        rows = None if rows_global is None else distributed.rows_of_this_rank(rows_global, labels.shape[0]).numpy()
+        return total, named, rows
 
     def model_state(self):
         return {BACKBONE_PREFIX + key: value for key, value in self.backbone.state_dict().items()}
@@ -119,15 +131,15 @@ class MAEPretrainTask:
     def dense_parameters(self):
         return self.model.named_parameters()
 
-    def step(self, batch, amp):
-        images = batch[0]
+    def step(self, batch, amp, per_sample=False):
+        images = batch_field(batch, "images")
         with amp.autocast():
             loss, prediction, mask = self.model(images)
         self._last = (images, prediction, mask)
         # The mean over the global batch, as the recognition loss is: the optimizer sums the dense
         # gradients over ranks, so each rank's share must carry 1/world of its own batch's mean.
         loss = distributed.all_reduce_sum_with_grad(loss.astype("float32")) / distributed.world_size()
-        return loss, {"MAELoss": loss}
+        return loss, {"MAELoss": loss}, None  # a per-patch loss, no per-sample figure to log by group
 
     def after_step(self, global_step):
         if not self.image_interval or global_step % self.image_interval or not distributed.is_main_process():

@@ -12,6 +12,7 @@ import paddle
 from plsc import distributed
 from plsc.amp import NonFiniteError
 from plsc.checkpoint import CheckpointManager, load_weights, paddle_rng_state, set_paddle_rng_state
+from plsc.data.loader import batch_field
 from plsc.engine.build import (build_backbone, build_evaluator, build_lr_schedule, build_train_loader,
                                check_supported, resolve_seed, select_device)
 from plsc.engine.evaluator import format_figures
@@ -91,7 +92,8 @@ class Trainer:
         self.train_logger = TrainLogger(
             self.logger, glob.print_batch_step, self.total_steps,
             self.samples_per_step,
-            visualdl_dir=os.path.join(glob.output_dir, "vdl") if glob.get("use_visualdl") else None)
+            visualdl_dir=os.path.join(glob.output_dir, "vdl") if glob.get("use_visualdl") else None,
+            group_names=getattr(self.train_loader.dataset, "group_names", None))
         self._restore(glob)
 
     # ---- start state --------------------------------------------------------------------------
@@ -146,8 +148,9 @@ class Trainer:
         return self.train_loader.batch_sampler.global_batch_size * self.accum_steps
 
     def train_step(self, *micro_batches):
-        """One optimizer step over `accum_steps` batches [images, labels, is_masked]; returns their mean
-        (total, {name: loss}).
+        """One optimizer step over `accum_steps` batches [images, labels, is_masked(, group)]; returns
+        their mean (total, {name: loss}). Batches with groups also hand their per-sample losses to the
+        train logger.
 
         Each micro-batch's loss is divided by their count before its backward, so the summed
         gradients are those of the mean over all their samples (for batch-independent layers, one
@@ -157,9 +160,11 @@ class Trainer:
         """
         totals, named = [], {}
         for batch in micro_batches:
-            total, parts = self.task.step(batch, self.amp)
+            total, parts, sample_losses = self.task.step(batch, self.amp, per_sample=self.train_logger.logs_groups)
             if not self.amp.scaler.enable and not math.isfinite(float(total)):
                 raise NonFiniteError(f"loss is {float(total)}")
+            if sample_losses is not None:
+                self.train_logger.add_group_losses(sample_losses, batch_field(batch, "group").numpy())
             self.amp.scaler.scale(total / len(micro_batches)).backward()
             self.optimizer.accumulate_sparse()
             totals.append(float(total))

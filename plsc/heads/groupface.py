@@ -14,6 +14,11 @@ evaluated and exported; the class layer (head) is dropped after training. The wr
 returns only the embedding (what the evaluator and the exporter call); in training mode it also
 keeps the group logits of the last forward for GroupLoss.
 
+MixFair Adapter (`Model.mixfair: {alpha: 0.5}`, plsc.models.mixfair): the trunk's last feature
+map k is mixed, and f_mix is the whole GroupFace embedding of k_mix (instance + aggregated groups,
+through the same layers), so MixFairCosFace compares vectors of one kind. GroupLoss still sees the
+group logits of k, never of the mix: the groups describe real faces.
+
 Names: `GroupFace_IResNet` (the generic IResNet's keys) and `GroupFace_IResNet18/34/50/100/200`.
 The trunk's embedding layer outputs the shared feature (`shared_features` wide), so the trunk's
 `output_layer` (fc or gnap) still applies. Representations are Linear + BN1D (no activation, as
@@ -26,6 +31,7 @@ import paddle.nn.functional as F
 
 from plsc.errors import PlscError
 from plsc.models.iresnet import DEPTHS, WIDTHS, IResNet
+from plsc.models.mixfair import build_adapter
 from plsc.registry import MODELS
 
 DEFAULT_NUM_GROUPS = 32  # the paper's best setting
@@ -65,12 +71,16 @@ class GroupFaceLayers(nn.Layer):
 
 
 class GroupFace(nn.Layer):
-    """images [N, 3, H, W] -> embedding [N, num_features]; `group_logits` [N, K] after a training forward."""
+    """images [N, 3, H, W] -> embedding [N, num_features]; `group_logits` [N, K] after a training forward.
 
-    def __init__(self, trunk, shared_features, num_features, num_groups, gdn_hidden, aggregation):
+    `trunk` is an IResNet without an adapter of its own; `mixfair` adds one around the group layers.
+    """
+
+    def __init__(self, trunk, shared_features, num_features, num_groups, gdn_hidden, aggregation, mixfair=None):
         super().__init__()
         self.trunk = trunk
         self.group_layers = GroupFaceLayers(shared_features, num_features, num_groups, gdn_hidden, aggregation)
+        self.mixfair_adapter = build_adapter(mixfair)
         # A plain dict: a Tensor attribute of a Layer would be registered (and saved) as a buffer.
         self._last_step = {"group_logits": None}
 
@@ -80,30 +90,39 @@ class GroupFace(nn.Layer):
         return self._last_step["group_logits"]
 
     def forward(self, images):
-        embedding, group_logits = self.group_layers(self.trunk(images))
+        feature_map = self.trunk.feature_map(images)
+        embedding, group_logits = self.embed(feature_map)
         self._last_step["group_logits"] = group_logits if self.training else None
+        if self.mixfair_adapter is not None:
+            # f_mix is the embedding alone; the mix's group logits are not kept (GroupLoss reads k's).
+            self.mixfair_adapter.embed_mix(feature_map, lambda mixed_map: self.embed(mixed_map)[0])
         return embedding
+
+    def embed(self, feature_map):
+        """The trunk's last feature map -> (embedding [N, D], group logits [N, K])."""
+        return self.group_layers(self.trunk.output_layer(feature_map))
 
 
 @MODELS.register("GroupFace_IResNet")
 def groupface_iresnet(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc",
                       layers=(1, 1, 1, 1), widths=WIDTHS, stem_stride=1, input_size=112,
                       num_groups=DEFAULT_NUM_GROUPS, shared_features=512, gdn_hidden=DEFAULT_GDN_HIDDEN,
-                      aggregation="soft"):
+                      aggregation="soft", mixfair=None):
     """GroupFace on the generic IResNet (depths and widths from the config)."""
     trunk = IResNet(num_features=shared_features, data_format=data_format, dropout=dropout,
                     output_layer=output_layer, layers=layers, widths=widths, stem_stride=stem_stride,
                     input_size=input_size)
-    return GroupFace(trunk, shared_features, num_features, num_groups, gdn_hidden, aggregation)
+    return GroupFace(trunk, shared_features, num_features, num_groups, gdn_hidden, aggregation, mixfair)
 
 
 def _register_depth(depth):
     def build(*, num_features=512, data_format="NCHW", dropout=0.0, output_layer="fc",
               num_groups=DEFAULT_NUM_GROUPS, shared_features=512, gdn_hidden=DEFAULT_GDN_HIDDEN,
-              aggregation="soft"):
+              aggregation="soft", mixfair=None):
         return groupface_iresnet(num_features=num_features, data_format=data_format, dropout=dropout,
                                  output_layer=output_layer, layers=DEPTHS[depth], num_groups=num_groups,
-                                 shared_features=shared_features, gdn_hidden=gdn_hidden, aggregation=aggregation)
+                                 shared_features=shared_features, gdn_hidden=gdn_hidden, aggregation=aggregation,
+                                 mixfair=mixfair)
 
     build.__name__ = f"groupface_iresnet{depth}"
     build.__doc__ = f"GroupFace on IResNet-{depth} (stages {'-'.join(map(str, DEPTHS[depth]))})."

@@ -5,6 +5,8 @@ Life of a CombinedLoss in the trainer:
                         layout (model_parallel, shard) and class tables are created; returns the
                         tables for the sparse optimizer;
   __call__(inputs)      every step, on a plsc.loss.inputs.LossInputs;
+  with_sample_losses(inputs)   the same, plus each row's loss for logging per group
+                        (plsc.loss.per_sample), when the training data has groups;
   state_dict()          running statistics (identical on every rank: saved once, in P.pdopt);
   tables()              the class tables the losses own (saved and resharded with the class layer's).
 Entries are keyed `{position}.{name}` (e.g. '1.CenterLoss'), so two entries of one name stay apart.
@@ -14,6 +16,7 @@ import paddle
 
 from plsc.errors import PlscError
 from plsc.loss.inputs import call_loss
+from plsc.loss.per_sample import take_row_losses
 from plsc.registry import LOSSES
 
 
@@ -45,9 +48,25 @@ class CombinedLoss:
 
     def __call__(self, inputs):
         """inputs: LossInputs -> (total scalar, {name: scalar})."""
-        named = {name: call_loss(loss, inputs) for _, name, _, loss in self.parts}
-        total = sum(weight * named[name] for _, name, weight, _ in self.parts)
+        total, named, _ = self._run(inputs, with_rows=False)
         return total, named
+
+    def with_sample_losses(self, inputs):
+        """inputs: LossInputs -> (total, {name: scalar}, rows): rows [N_global] float32 (no gradient) is
+        the weighted sum of the per-row losses of the entries that have them, None when none has."""
+        return self._run(inputs, with_rows=True)
+
+    def _run(self, inputs, with_rows):
+        named, weighted_rows = {}, []
+        for _, name, weight, loss in self.parts:
+            named[name] = call_loss(loss, inputs)
+            # Taken on every call, so no loss holds on to a step's rows after it.
+            rows = take_row_losses(loss)
+            rows = rows if with_rows else None
+            if rows is not None:
+                weighted_rows.append(weight * rows)
+        total = sum(weight * named[name] for _, name, weight, _ in self.parts)
+        return total, named, (sum(weighted_rows) if weighted_rows else None)
 
     # ---- running statistics (replicated) ------------------------------------------------------
     def state_dict(self):

@@ -138,10 +138,14 @@ class IResNet(nn.Layer):
 
     def forward(self, images):
         """images: [N, 3, H, W] float32 (always NCHW) -> [N, num_features]."""
-        feature_map = self.stages(self.stem(to_layout(images, self.data_format)))
+        feature_map = self.feature_map(images)
         if self.mixfair_adapter is None:
             return self.output_layer(feature_map)
         return self.mixfair_adapter(feature_map, self.output_layer)
+
+    def feature_map(self, images):
+        """images [N, 3, H, W] -> the last feature map, before the final BN, in the backbone's data_format."""
+        return self.stages(self.stem(to_layout(images, self.data_format)))
 
     def output_layer(self, feature_map):
         """The last feature map (backbone layout) -> embedding: final BN, flatten or GNAP, Linear, BN1D."""

@@ -44,13 +44,21 @@ class MixFairAdapter(nn.Layer):
         """feature_map [n, ...] -> output_layer(feature_map) [n, D]; in training also embeds the mix."""
         # The authors' order: M(k) first, then M(k_mix); each call normalises with its own batch statistics.
         embedding = output_layer(feature_map)
+        self.embed_mix(feature_map, output_layer)
+        return embedding
+
+    def embed_mix(self, feature_map, output_layer):
+        """In training, draw p and keep (output_layer(k_mix) [n, D], p); in evaluation keep nothing.
+
+        For a model whose own forward embeds k (GroupFace keeps more than the embedding of it); it
+        calls this after embedding k, in the authors' order.
+        """
         if not self.training:
             self._last_step.update(mixed=None, permutation=None)
-            return embedding
+            return
         permutation = paddle.randperm(feature_map.shape[0], dtype="int64")
         mixed = output_layer(mix_feature_maps(feature_map, permutation, self.alpha))
         self._last_step.update(mixed=mixed, permutation=permutation)
-        return embedding
 
 
 def build_adapter(mixfair):

@@ -76,3 +76,79 @@ def test_jit_save_and_load_reproduce_the_embedding(tmp_path):
     paddle.jit.save(model, path, input_spec=[paddle.static.InputSpec([None, 3, 16, 16], "float32")])
     loaded = paddle.jit.load(path)
     np.testing.assert_allclose(loaded(paddle.to_tensor(images)).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- MixFair Adapter on GroupFace -------------------------------------------------------------
+
+ALPHA = 0.3
+FIXED_PERMUTATION = [2, 0, 3, 1]
+
+
+def mixfair_images(seed=4):
+    return paddle.to_tensor(np.random.default_rng(seed).uniform(-1, 1, (4, 3, 16, 16)).astype(np.float32))
+
+
+def test_mixfair_embeds_the_mixed_trunk_map_through_the_group_layers(monkeypatch):
+    model = build(mixfair={"alpha": ALPHA})
+    model.train()
+    images = mixfair_images()
+    monkeypatch.setattr(paddle, "randperm", lambda n, dtype="int64": paddle.to_tensor(FIXED_PERMUTATION, dtype=dtype))
+    embedding = model(images)
+    mixed, permutation = model.mixfair_adapter.outputs
+    assert permutation.numpy().tolist() == FIXED_PERMUTATION
+
+    # By hand: the trunk's last feature map k, mixed with k[p], through the trunk's output layer and
+    # the group layers (the whole GroupFace embedding); the group logits are those of k itself.
+    feature_map = model.trunk.stages(model.trunk.stem(images))
+    mixed_map = ALPHA * feature_map + (1 - ALPHA) * paddle.gather(feature_map, paddle.to_tensor(FIXED_PERMUTATION))
+    expected_mixed, _ = model.group_layers(model.trunk.output_layer(mixed_map))
+    expected_embedding, expected_group_logits = model.group_layers(model.trunk.output_layer(feature_map))
+    np.testing.assert_allclose(mixed.numpy(), expected_mixed.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(embedding.numpy(), expected_embedding.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.group_logits.numpy(), expected_group_logits.numpy(), rtol=1e-4, atol=1e-5)
+    assert mixed.shape == embedding.shape == [4, 6]
+
+
+def test_mixfair_never_mixes_in_evaluation_and_adds_no_parameters(tmp_path):
+    model, plain = build(mixfair={"alpha": ALPHA}), build()
+    assert set(model.state_dict()) == set(plain.state_dict())  # checkpoints interchange
+    model.train()
+    model(mixfair_images())  # a training forward first: evaluation must forget its mix
+    model.eval()
+    plain.set_state_dict(model.state_dict())
+    plain.eval()
+    images = mixfair_images(5)
+    evaluated = model(images).numpy()
+    assert model.mixfair_adapter.outputs == (None, None) and model.group_logits is None
+    np.testing.assert_allclose(evaluated, plain(images).numpy(), rtol=1e-6)
+    path = str(tmp_path / "groupface_mixfair")
+    paddle.jit.save(model, path, input_spec=[paddle.static.InputSpec([None, 3, 16, 16], "float32")])
+    np.testing.assert_allclose(paddle.jit.load(path)(images).numpy(), evaluated, rtol=1e-5, atol=1e-5)
+
+
+def test_every_groupface_name_takes_mixfair():
+    for name in ["GroupFace_IResNet"] + [f"GroupFace_IResNet{depth}" for depth in (18, 34, 50, 100, 200)]:
+        assert MODELS.parameters(name)["mixfair"] is None
+    with pytest.raises(PlscError, match="Model.mixfair.alpha"):
+        build(mixfair={"alpha": 0.0})
+
+
+@pytest.mark.slow
+def test_groupface_with_mixfair_cosface_and_group_loss_trains(tmp_path):
+    from heads_tiny import NUM_CLASSES, write_head_config
+
+    from plsc.config import load_config
+    from plsc.data.synthetic import ensure_quickstart_data
+    from plsc.engine.trainer import Trainer
+    from tests.engine.tiny_run import record_losses
+
+    ensure_quickstart_data(str(tmp_path / "data"), num_classes=NUM_CLASSES, images_per_class=4, num_pairs=20, seed=7)
+    config = write_head_config(tmp_path, tmp_path / "data", "groupface", {
+        "Model.mixfair": {"alpha": 0.5},
+        "Loss.Train": [{"MixFairCosFace": {"s": 16.0, "m": 0.2}}, {"GroupLoss": {"weight": 0.1}}]})
+    trainer = Trainer(load_config(str(config), ["Global.max_train_step=5"]))
+    losses = record_losses(trainer)
+    trainer.train()
+    assert len(losses) == 5 and np.all(np.isfinite(losses))
+    log = (tmp_path / "output" / "GroupFace_IResNet" / "train.log").read_text()
+    assert "MixFairCosFace: " in log and "GroupLoss: " in log

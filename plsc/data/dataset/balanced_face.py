@@ -6,8 +6,9 @@ the identity label and a 0/1 flag of the release. Line k (0-based) is the image 
 `root` is the release zip, read whole into memory (as the MixFairFace authors do; every loader
 worker then reads from its copy without file handles), or a folder holding `data/`.
 
-The race is kept per sample (`attributes`, `group_names`), and the sample and identity counts per
-race are logged when the dataset is built.
+The race is kept per sample (`groups`, an index into `group_names`; index.txt calls it the
+attribute): the loader's samples carry it, so the trainer logs the training loss per race, and the
+sample and identity counts per race are logged when the dataset is built.
 """
 import io
 import logging
@@ -122,7 +123,7 @@ class BalancedFaceDataset(FaceImageDataset):
             chosen = np.isin(attributes, [self.group_names.index(race) for race in selected_races])
             self.line_indices = self.line_indices[chosen]
         self.names = [names[index] for index in self.line_indices]
-        self.attributes = attributes[self.line_indices]
+        self.groups = attributes[self.line_indices]
         self.labels = labels[self.line_indices]
         members = [IMAGE_PATTERN.format(int(index)) for index in self.line_indices]
         missing = self.source.missing(members)
@@ -136,7 +137,7 @@ class BalancedFaceDataset(FaceImageDataset):
         """{race: (samples, identities)} in race order (races without samples left out)."""
         counts = {}
         for position, race in enumerate(self.group_names):
-            members = self.attributes == position
+            members = self.groups == position
             if members.any():
                 counts[race] = (int(members.sum()), int(np.unique(self.labels[members]).size))
         return counts

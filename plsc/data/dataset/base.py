@@ -85,7 +85,14 @@ class FaceImageDataset(Dataset):
     `masked_ratio` r > 0 a sample is, with probability r (decided per seed, epoch and index), replaced by
     its masked face and flagged is_masked = 1: read from a pre-masked copy where the subclass has one
     (`read_masked_bytes`), painted by plsc's mask synthesis otherwise.
+
+    A subclass that knows each sample's group (race, ...) sets `groups` (int64 [N], an index into
+    `group_names`); its samples then carry the group as a fourth field, and the trainer logs the
+    training loss per group.
     """
+
+    groups = None
+    group_names = None
 
     def __init__(self, transform_ops=None, seed=0, masked_ratio=0.0):
         self.transform = build_transforms(transform_ops)
@@ -215,8 +222,10 @@ class FaceImageDataset(Dataset):
         return image, np.int64(self.labels[index]), np.int64(0)
 
     def __getitem__(self, index):
+        """The loader's sample: read_sample's fields, plus the group id when the dataset has groups."""
         # Never raise here: in a loader worker the error would lose its message (see plsc.data.loader).
         try:
-            return self.read_sample(index)
+            sample = self.read_sample(index)
         except PlscError:
             return BadSample(index)
+        return sample if self.groups is None else (*sample, np.int64(self.groups[index]))
