@@ -17,6 +17,10 @@ import numpy as np
 import paddle
 
 ENV_SWITCH = "PLSC_CPU_KERNELS"
+# Rows per round where a kernel makes several passes over [rows, D] arrays: ~2 MB per array, so
+# the passes after the first run in cache, not memory (each numpy ufunc call is one pass). On the
+# 2-core EPYC, 10k x 512 rows: the centres' gradient 15.6 ms in 2 MB chunks vs 18.9 ms in 16 MB.
+CACHE_CHUNK_BYTES = 2 * 2**20
 _enabled = {"value": os.environ.get(ENV_SWITCH, "1").strip() != "0"}
 
 

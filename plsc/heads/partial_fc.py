@@ -167,7 +167,7 @@ def numpy_cosines_backward(grad_cosines, unit_embeddings, centers, inverse_norms
         grad_embeddings = fast_cpu.as_tensor(np.matmul(grad_dots, w))
     if needs_grad[1]:
         out = w if centers_are_copy else workspace.array("center_grad", w.shape)
-        step = max(1, CHUNK_BYTES // (4 * w.shape[1]))
+        step = max(1, fast_cpu.CACHE_CHUNK_BYTES // (4 * w.shape[1]))
         scratch = workspace.array("center_grad_chunk", [min(step, w.shape[0]), w.shape[1]])
         for start in range(0, w.shape[0], step):
             rows = slice(start, start + step)

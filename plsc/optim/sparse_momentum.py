@@ -29,9 +29,9 @@ from plsc import fast_cpu
 CHUNK_BYTES = 16 * 2**20
 
 
-def row_chunks(num_rows, row_length, itemsize=4):
-    """[(start, stop)] covering range(num_rows) in chunks of about CHUNK_BYTES."""
-    step = max(1, CHUNK_BYTES // (row_length * itemsize))
+def row_chunks(num_rows, row_length, itemsize=4, chunk_bytes=CHUNK_BYTES):
+    """[(start, stop)] covering range(num_rows) in chunks of about `chunk_bytes`."""
+    step = max(1, chunk_bytes // (row_length * itemsize))
     return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
 
 
@@ -99,15 +99,17 @@ def numpy_momentum_rows(weight, velocity, index, grad_rows, lr, momentum, weight
     """The same update in numpy on the tensors' memory (plsc.fast_cpu): one gather and one write-back per table.
 
     numpy's `take(out=)` and fancy-index assignment move the rows 2-4x faster than Paddle's
-    gather / scatter_ on this CPU; the chunks keep the gathered velocity rows cache-sized.
+    gather / scatter_ on this CPU; the chunks keep the gathered rows in cache for the arithmetic.
     """
     table, moments, grads = (fast_cpu.as_numpy(t) for t in (weight, velocity, grad_rows))
     if index is None:
-        numpy_momentum_in_place(table, moments, grads, lr, momentum, weight_decay)
+        for start, stop in row_chunks(table.shape[0], table.shape[1], chunk_bytes=fast_cpu.CACHE_CHUNK_BYTES):
+            part = slice(start, stop)
+            numpy_momentum_in_place(table[part], moments[part], grads[part], lr, momentum, weight_decay)
         return
     rows = fast_cpu.as_numpy(index)
     current = None if weight_rows is None else fast_cpu.as_numpy(weight_rows)
-    chunks = row_chunks(rows.shape[0], table.shape[1])
+    chunks = row_chunks(rows.shape[0], table.shape[1], chunk_bytes=fast_cpu.CACHE_CHUNK_BYTES)
     velocity_scratch = np.empty([chunks[0][1] - chunks[0][0], table.shape[1]], dtype=table.dtype)
     weight_scratch = np.empty_like(velocity_scratch) if current is None else None
     for start, stop in chunks:
