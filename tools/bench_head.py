@@ -242,6 +242,24 @@ def run_in_subprocess(config, max_memory_bytes):
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def merge_runs(results):
+    """One row from repeated runs of a configuration: medians over all their timed steps, the largest peak."""
+    failed = [result for result in results if "error" in result]
+    if failed or len(results) == 1:
+        return (failed or results)[0]
+    done = results
+    merged = dict(done[0])
+    merged["step_seconds_all"] = [seconds for result in done for seconds in result["step_seconds_all"]]
+    merged["step_seconds"] = statistics.median(merged["step_seconds_all"])
+    merged["cpu_seconds"] = statistics.median(result["cpu_seconds"] for result in done)
+    merged["phase_seconds"] = {phase: statistics.median(result["phase_seconds"][phase] for result in done)
+                               for phase in PHASES}
+    for key in ("peak_bytes", "ru_maxrss_bytes", "build_seconds"):
+        merged[key] = max(result[key] for result in done)
+    merged["repeats"] = len(done)
+    return merged
+
+
 def gib(value):
     return f"{value / 2**30:.2f}"
 
@@ -355,6 +373,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=os.path.join(REPO_ROOT, "docs", "bench_head.md"),
                         help="markdown file whose measured section is replaced ('' to only print)")
     parser.add_argument("--json", help="also write the raw results (every step time) to this file")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every row this many times, round-robin (a drifting machine load then affects "
+                             "all rows alike), and report the median over all their timed steps")
     parser.add_argument("--kernels", nargs="+", default=["numpy"], choices=["numpy", "paddle"],
                         help="numpy: the CPU kernels (plsc.fast_cpu, the default path); paddle: the pure-Paddle "
                              "reference (PLSC_CPU_KERNELS=0); both: one row each, one after the other")
@@ -375,10 +396,10 @@ def main(argv=None):
     classes = args.classes or (QUICK_CLASSES if args.quick else FULL_CLASSES)
     max_memory = args.max_memory_gb * 2**30
     load_before = os.getloadavg()
-    results = []
     rows = [(pair, num_classes, sample_ratio, kernels) for pair in args.heads for num_classes in classes
             for sample_ratio in args.ratios for kernels in args.kernels]
-    for pair, num_classes, sample_ratio, kernels in rows:
+    runs = {}
+    for pair, num_classes, sample_ratio, kernels in rows * max(1, args.repeats):
         config = dict(pair_name=pair, num_classes=num_classes, sample_ratio=sample_ratio,
                       batch_size=args.batch_size, embedding_size=args.embedding_size,
                       warmup_steps=args.warmup_steps, timed_steps=args.steps, seed=0,
@@ -390,8 +411,9 @@ def main(argv=None):
         else:
             result = run_in_subprocess(config, max_memory)
         result.setdefault("pair", pair)
-        results.append(result)
-        print(markdown_table(results[-1:]).splitlines()[-1], flush=True)
+        runs.setdefault((pair, num_classes, sample_ratio, kernels), []).append(result)
+        print(markdown_table([result]).splitlines()[-1], flush=True)
+    results = [merge_runs(runs[row]) for row in rows]
 
     table = markdown_table(results)
     checks = target_checks(results) + relative_checks(results)
@@ -401,6 +423,7 @@ def main(argv=None):
         f"`{command.strip()}` on {datetime.date.today().isoformat()}; {machine_line()}; "
         f"OMP_NUM_THREADS={results[0].get('threads') if results else '?'}; batch {args.batch_size}, "
         f"{args.embedding_size}-d embeddings, median of {args.steps} steps after {args.warmup_steps} warm-up "
+        f"{f'in each of {args.repeats} round-robin runs of a row ' if args.repeats > 1 else ''}"
         "steps (min: fastest of them; CPU: process CPU time of the median step, all threads); peak = VmHWM "
         "of a fresh process per row (includes ~0.3 GiB for Python + Paddle). Load average (1 min) "
         f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores; the bench "

@@ -23,6 +23,10 @@ from plsc.registry import HEADS
 # plsc/optim/sparse_momentum.py's CHUNK_BYTES).
 CHUNK_BYTES = 16 * 2**20
 NORM_EPSILON = 1e-12  # F.normalize's: a zero row is divided by this instead of by 0
+# The CPU kernel writes the centres' gradient over their gathered copy when the copy is at least
+# this big: one [S, D] array fewer at the peak (200 MB at S = 100k), paid for by the optimizer
+# reading W_rows from the table again. Below it the extra read costs more than the memory is worth.
+OVERWRITE_MIN_BYTES = 64 * 2**20
 
 
 def num_sampled_classes(sample_ratio, num_local_classes):
@@ -221,8 +225,9 @@ class PartialFC(ClassTable):
 
     @property
     def rows_are_copies(self):
-        """The step's sampled_weight is a gathered copy (below ratio 1.0), not the table's own memory."""
-        return self.sample_ratio < 1.0
+        """The CPU kernel may write the centres' gradient over sampled_weight: a gathered copy (below
+        ratio 1.0, not the table's own memory) of at least OVERWRITE_MIN_BYTES."""
+        return self.sample_ratio < 1.0 and self.num_sample * self.weight.shape[1] * 4 >= OVERWRITE_MIN_BYTES
 
     def rng_state(self):
         """State of the negative-sampling generator (a picklable dict) for exact resume."""

@@ -32,8 +32,31 @@ def global_batch(step, world):
     return embeddings, rng.integers(0, NUM_CLASSES, size=rows)
 
 
-def run_steps(pair, reference, sample_ratio, model_parallel, steps=3, loss_scale=None, world=1, rank=0):
-    """[{loss, grad_embeddings, weight, velocity, stepped}] per step of `pair` on this rank."""
+@contextlib.contextmanager
+def overwrite_policy(overwrite_rows):
+    """Make the CPU kernel write the centres' gradient over their gathered copy (or never), whatever its size."""
+    from plsc.heads import partial_fc
+
+    saved = partial_fc.OVERWRITE_MIN_BYTES
+    partial_fc.OVERWRITE_MIN_BYTES = 0 if overwrite_rows else 2**62
+    try:
+        yield
+    finally:
+        partial_fc.OVERWRITE_MIN_BYTES = saved
+
+
+def run_steps(pair, reference, sample_ratio, model_parallel, steps=3, loss_scale=None, world=1, rank=0,
+              overwrite_rows=True):
+    """[{loss, grad_embeddings, weight, velocity, stepped}] per step of `pair` on this rank.
+
+    overwrite_rows: whether the CPU kernel writes the centres' gradient over their gathered copy
+    (plsc.heads.partial_fc.OVERWRITE_MIN_BYTES decides by size in training).
+    """
+    with overwrite_policy(overwrite_rows):
+        return _run_steps(pair, reference, sample_ratio, model_parallel, steps, loss_scale, world, rank)
+
+
+def _run_steps(pair, reference, sample_ratio, model_parallel, steps, loss_scale, world, rank):
     import paddle
 
     import plsc.heads  # noqa: F401  (fills HEADS)

@@ -23,9 +23,11 @@ def assert_same_steps(fast, reference):
 
 
 @pytest.mark.parametrize("pair", sorted(PAIRS))
-@pytest.mark.parametrize("sample_ratio", [0.3, 1.0])
-def test_cpu_kernels_equal_the_reference(pair, sample_ratio):
-    fast = run_steps(pair, reference=False, sample_ratio=sample_ratio, model_parallel=False)
+@pytest.mark.parametrize("sample_ratio, overwrite_rows", [(0.3, True), (0.3, False), (1.0, False)],
+                         ids=["sampled-gradient-over-rows", "sampled-separate-gradient", "all-rows"])
+def test_cpu_kernels_equal_the_reference(pair, sample_ratio, overwrite_rows):
+    fast = run_steps(pair, reference=False, sample_ratio=sample_ratio, model_parallel=False,
+                     overwrite_rows=overwrite_rows)
     reference = run_steps(pair, reference=True, sample_ratio=sample_ratio, model_parallel=False)
     assert_same_steps(fast, reference)
     # The steps did something: the table moved and the momentum is not zero.
