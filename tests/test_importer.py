@@ -103,14 +103,18 @@ def test_imported_weights_reproduce_the_onnx_model(source_onnx, tmp_path):
     out = tmp_path / "imported.pdparams"
     summary = import_backbone(source_onnx, TINY, out, log=lambda message: None)
     assert summary["num_features"] == 32 and summary["difference"] <= 1e-4
-    # Loaded the way plsc-train / plsc-eval / plsc-export load Global.pretrained_model.
-    state, path = load_weights(str(out))
+    images = np.random.default_rng(7).uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(source_onnx), providers=["CPUExecutionProvider"])
+    assert_imported_embeddings(out, images, session.run(None, {"data": images})[0])
+
+
+def assert_imported_embeddings(weights, images, expected):
+    """The imported checkpoint, loaded as plsc-train / plsc-eval / plsc-export load Global.pretrained_model,
+    embeds `images` as the source model did (`expected`) to 1e-4."""
+    state, path = load_weights(str(weights))
     backbone = IResNet(num_features=32, layers=DEPTHS)
     load_backbone_state(backbone, state, path)
     backbone.eval()
-    images = np.random.default_rng(7).uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
-    session = onnxruntime.InferenceSession(str(source_onnx), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {"data": images})[0]
     with paddle.no_grad():
         actual = backbone(paddle.to_tensor(images)).numpy()
     assert np.max(np.abs(actual - expected)) <= 1e-4 * max(1.0, np.max(np.abs(expected)))
@@ -237,13 +241,7 @@ def test_model_zoo_graph_with_folded_batchnorm(tmp_path, fold_embedding, matmul_
     layout = f"model-zoo layout: {num_folded} of 19 BatchNorms folded into the conv / FC before them"
     assert summary["layout"] == layout and summary["num_features"] == 32 and summary["difference"] <= 1e-4
     assert messages[0].startswith(f"checked ({layout}): plsc vs onnxruntime embeddings differ by ")
-    state, weights_path = load_weights(str(tmp_path / "imported.pdparams"))
-    backbone = IResNet(num_features=32, layers=DEPTHS)
-    load_backbone_state(backbone, state, weights_path)
-    backbone.eval()
-    with paddle.no_grad():
-        actual = backbone(paddle.to_tensor(images)).numpy()
-    assert np.max(np.abs(actual - expected)) <= 1e-4 * max(1.0, np.max(np.abs(expected)))
+    assert_imported_embeddings(tmp_path / "imported.pdparams", images, expected)
 
 
 @pytest.mark.slow
