@@ -9,8 +9,8 @@ L2-softmax differ only in f (and CurricularFace in the negatives). f maps each r
 [N, 1] to its margined value with Paddle ops, and may also depend on per-row tensors that carry a
 gradient (MagFace's margin from the embedding norm); its slope d f / d cos is taken from autograd.
 
-Two implementations, equal to 1e-5 (tests/loss/test_target_softmax.py):
-- the reference, composed of Paddle ops (target.py's column write and margin.py's sharded CE);
+Two implementations, equal to 1e-5 (tests/heads/test_cpu_kernels.py):
+- the reference, composed of Paddle ops (target.py's column write and row_softmax_cross_entropy below);
 - on float32 CPU tensors with a workspace, one PyLayer in numpy that keeps a single [N, S] array
   (the exponentials, turned into the gradient in place in backward), never builds a one-hot and
   writes the target column by indexing: the composed version makes ~8 [N, S] tensors per step.
