@@ -108,6 +108,8 @@ def numpy_momentum_rows(weight, velocity, index, grad_rows, lr, momentum, weight
             numpy_momentum_in_place(table[part], moments[part], grads[part], lr, momentum, weight_decay)
         return
     rows = fast_cpu.as_numpy(index)
+    if rows.shape[0] == 0:  # a shard none of whose rows the batch used (CenterLoss, model parallel)
+        return
     current = None if weight_rows is None else fast_cpu.as_numpy(weight_rows)
     chunks = row_chunks(rows.shape[0], table.shape[1], chunk_bytes=fast_cpu.CACHE_CHUNK_BYTES)
     velocity_scratch = np.empty([chunks[0][1] - chunks[0][0], table.shape[1]], dtype=table.dtype)

@@ -1,4 +1,6 @@
 """Row-sparse Momentum / AdamW of the class-centre table against numpy references and Paddle's dense optimizers."""
+import contextlib
+
 import numpy as np
 import paddle
 import pytest
@@ -176,3 +178,17 @@ def test_partial_fc_step_updates_exactly_its_sampled_rows(rng, sample_ratio):
         np.testing.assert_array_equal(head.weight.numpy()[untouched], weight_before[untouched])
         close(head.weight.numpy(), reference.weight)
         assert head.sampled_weight.grad is None  # cleared: the next forward starts afresh
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "paddle"])
+def test_an_empty_index_leaves_both_tables_as_they_were(kernels):
+    # A model-parallel shard none of whose rows the batch used (CenterLoss) has nothing to update.
+    from plsc import fast_cpu
+
+    weight, velocity = paddle.ones([5, 4]), paddle.full([5, 4], 0.5)
+    context = fast_cpu.reference_only() if kernels == "paddle" else contextlib.nullcontext()
+    with context:
+        sparse_momentum_update(weight, velocity, paddle.zeros([0], dtype="int64"), paddle.zeros([0, 4]),
+                               0.1, 0.9, 5e-4)
+    np.testing.assert_array_equal(weight.numpy(), np.ones([5, 4]))
+    np.testing.assert_array_equal(velocity.numpy(), np.full([5, 4], 0.5))
