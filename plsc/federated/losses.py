@@ -6,8 +6,7 @@ warped cosine g(c), and the MOON model-contrastive term (Li et al., CVPR 2021).
 import paddle
 import paddle.nn.functional as F
 
-from plsc.loss.margin import margin_logits
-from plsc.loss.target_softmax import model_parallel_softmax_cross_entropy
+from plsc.loss.target_softmax import target_softmax_cross_entropy
 
 
 def cosine_matrix(embeddings, centers):
@@ -21,9 +20,8 @@ def cosface_loss(embeddings, centers, labels, scale=30.0, margin=0.4):
     embeddings: [N, D]; centers: [C, D] (the client's local rows, then the public rows); labels: [N]
     int64 column of each target.
     """
-    cos = cosine_matrix(embeddings, centers)
-    logits = margin_logits(cos, labels.reshape([-1]), 1.0, 0.0, margin, scale)
-    return model_parallel_softmax_cross_entropy(logits, labels, model_parallel=False)
+    return target_softmax_cross_entropy(cosine_matrix(embeddings, centers), labels.reshape([-1]), scale, False,
+                                        target_fn=lambda cos_target: cos_target - margin)
 
 
 def warp_cosine(cos):

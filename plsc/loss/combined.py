@@ -62,8 +62,7 @@ class CombinedLoss:
             named[name] = call_loss(loss, inputs)
             # Taken on every call, so no loss holds on to a step's rows after it.
             rows = take_row_losses(loss)
-            rows = rows if with_rows else None
-            if rows is not None:
+            if with_rows and rows is not None:
                 weighted_rows.append(weight * rows)
         total = sum(weight * named[name] for _, name, weight, _ in self.parts)
         return total, named, (sum(weighted_rows) if weighted_rows else None)

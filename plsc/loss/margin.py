@@ -10,6 +10,7 @@ import paddle.nn.functional as F
 
 from plsc import distributed
 from plsc.errors import PlscError
+from plsc.loss.target import target_cosines, write_targets
 from plsc.loss.target_softmax import TargetSoftmaxLoss
 from plsc.registry import LOSSES
 
@@ -45,12 +46,8 @@ def margin_logits(cos, labels, m1, m2, m3, s):
     cos: [N, S] float cosines, labels: [N] int64 column of the target, -1 when the row's target is
     not among these columns -> [N, S]: s * (cos(m1*theta + m2) - m3) on the target, s * cos elsewhere.
     """
-    labels = labels.reshape([-1, 1])
-    has_target = (labels >= 0).astype(cos.dtype)
-    cos_target = paddle.take_along_axis(cos, labels.clip(min=0), axis=1)
-    margin_shift = (margined_target_cosine(cos_target, m1, m2, m3) - cos_target) * has_target
-    target_mask = F.one_hot(labels.clip(min=0).reshape([-1]), cos.shape[1]).astype(cos.dtype)
-    return s * (cos + target_mask * margin_shift)
+    cos_target, has_target = target_cosines(cos, labels)
+    return s * write_targets(cos, labels, margined_target_cosine(cos_target, m1, m2, m3), has_target)
 
 
 def sampled_global_labels(labels_local, num_local_columns):
